@@ -1,0 +1,3 @@
+from dnfbot.cli import main
+
+main()

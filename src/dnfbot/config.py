@@ -1,0 +1,99 @@
+"""One place for settings, with defaults you can see: `dnfbot config --json`.
+
+Precedence (highest first): command-line flags, environment (DNFBOT_HOME, DNFBOT_CORPUS, DNFBOT_CONFIG),
+a YAML file ($DNFBOT_CONFIG or $DNFBOT_HOME/config.yaml), the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dnfbot.errors import InputError
+
+DEFAULT_CORPUS = "../shared/corpus/dnf_homepage_tip.json"
+CORPUS_HELP = (
+    "The public guide corpus (dnf_homepage_tip.json, 268 official Dungeon & Fighter guide articles) is "
+    "distributed beside this project as shared/corpus/; see README 'Getting the corpus'."
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChunkSettings(_Section):
+    size: int = Field(3000, ge=100, description="max characters per chunk")
+    overlap: int = Field(250, ge=0, description="characters shared by neighbouring chunks")
+
+
+class RetrievalSettings(_Section):
+    k: int = Field(5, ge=1, le=100)
+    bm25_k1: float = 1.2
+    bm25_b: float = 0.75
+    title_boost: int = Field(2, ge=0, description="times the title's tokens are repeated in each chunk's index text")
+
+
+class AnswerSettings(_Section):
+    max_sentences: int = Field(3, ge=1, le=10)
+    top_chunks: int = Field(3, ge=1, le=20)
+    # Share of the question's IDF mass that the evidence must cover; calibrated on eval/dev.jsonl
+    # (`dnfbot eval retrieval --calibrate`). Below it the bot says it has no information.
+    min_coverage: float = Field(0.62, ge=0.0, le=1.0)
+    max_query_chars: int = Field(2000, ge=10)
+
+
+class Settings(_Section):
+    home: Path = Field(default_factory=lambda: default_home())
+    corpus: list[str] = Field(default_factory=lambda: default_corpus())
+    chunk: ChunkSettings = ChunkSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    answer: AnswerSettings = AnswerSettings()
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "index"
+
+
+def default_home() -> Path:
+    env = os.environ.get("DNFBOT_HOME")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("dnfbot", appauthor=False))
+
+
+def default_corpus() -> list[str]:
+    env = os.environ.get("DNFBOT_CORPUS")
+    if env:
+        return [p for p in env.split(os.pathsep) if p]
+    return [DEFAULT_CORPUS]
+
+
+def load_settings(path: str | os.PathLike | None = None) -> Settings:
+    """Defaults, overlaid with a YAML file when one is given or found."""
+    candidates = [path, os.environ.get("DNFBOT_CONFIG")]
+    file = next((Path(p) for p in candidates if p), None)
+    if file is None:
+        found = default_home() / "config.yaml"
+        file = found if found.exists() else None
+    if file is None:
+        return Settings()
+    if not file.exists():
+        raise InputError(f"{file}: config file not found")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"{file}: malformed YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{file}: expected a mapping at the top level")
+    try:
+        return Settings(**data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise InputError(f"{file}: field '{where}': {err['msg']}") from None
