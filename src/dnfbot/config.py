@@ -34,7 +34,9 @@ class RetrievalSettings(_Section):
     k: int = Field(5, ge=1, le=100)
     bm25_k1: float = 1.2
     bm25_b: float = 0.75
-    title_boost: int = Field(2, ge=0, description="times the title's tokens are repeated in each chunk's index text")
+    title_boost: int = Field(
+        2, ge=0, description="times the title's tokens are repeated in each chunk's index text"
+    )
 
 
 class AnswerSettings(_Section):

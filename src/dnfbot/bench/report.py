@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dnfbot.io import atomic_write_text
@@ -23,7 +23,7 @@ def update_section(name: str, markdown: str, path: str | Path = DEFAULT_PATH) ->
     """Replace (or append) the section `name` in the benchmarks file, atomically."""
     path = Path(path)
     text = path.read_text(encoding="utf-8") if path.exists() else HEADER
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = f"<!-- bench:{name} -->\n{markdown.rstrip()}\n\n_Recorded {stamp} on {machine_line()}._\n<!-- /bench:{name} -->"
     pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
     text = pattern.sub(lambda _: body, text) if pattern.search(text) else text.rstrip() + "\n\n" + body + "\n"

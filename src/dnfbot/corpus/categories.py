@@ -50,7 +50,13 @@ def _class_terms(board: str, aliases: list[str]) -> ClassBoard:
     g = _GENDER_RE.match(base)
     if g:  # "넨마스터(남)" is also written "남넨마스터" and "넨마스터 (남)"
         name, sex = g.group(1).strip(), g.group(2)
-        terms |= {name, f"{sex}{name}", f"{name} ({sex})", f"{sex}{name.replace(' ', '')}", name.replace(" ", "")}
+        terms |= {
+            name,
+            f"{sex}{name}",
+            f"{name} ({sex})",
+            f"{sex}{name.replace(' ', '')}",
+            name.replace(" ", ""),
+        }
     terms = {t for t in terms if len(t) >= 2}
     return ClassBoard(board=board, base=base, terms=tuple(sorted(terms, key=len, reverse=True)))
 
@@ -72,7 +78,9 @@ def _normalise_label(label: str) -> str:
 
 def board_rule(label: str) -> dict | None:
     for rule in table().boards:
-        if ("exact" in rule and label == rule["exact"]) or ("prefix" in rule and label.startswith(rule["prefix"])):
+        if ("exact" in rule and label == rule["exact"]) or (
+            "prefix" in rule and label.startswith(rule["prefix"])
+        ):
             return rule
     return None
 

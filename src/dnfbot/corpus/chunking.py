@@ -37,7 +37,9 @@ def _boundaries(text: str) -> list[list[int]]:
     para, line, space = [], [], []
     for i, ch in enumerate(text):
         if ch == "\n":
-            (para if text.startswith("\n\n", i - 1) else line).append(i + 1)
+            if text.startswith("\n", i + 1):
+                continue  # inside a blank-line run: the cut goes after its last newline
+            (para if i > 0 and text[i - 1] == "\n" else line).append(i + 1)
         elif ch == " ":
             space.append(i + 1)
     return [para, line, sentence_ends(text), space]
@@ -59,7 +61,7 @@ def _next_start(levels: list[list[int]], end: int, overlap: int, start: int) -> 
     lo = max(start + 1, end - overlap)
     for positions in levels:
         j = bisect.bisect_left(positions, lo)
-        if j < len(positions) and positions[j] < end:
+        if j < len(positions) and positions[j] < end - 1:
             return positions[j]
     return lo
 

@@ -43,7 +43,9 @@ class LoadReport:
         }
 
 
-def load_corpus(paths: list[str | Path] | str | Path, *, min_chars: int = MIN_CHARS) -> tuple[list[Document], LoadReport]:
+def load_corpus(
+    paths: list[str | Path] | str | Path, *, min_chars: int = MIN_CHARS
+) -> tuple[list[Document], LoadReport]:
     """Load, clean and tag every source; skip (and count) empty and exactly duplicated articles."""
     if isinstance(paths, str | Path):
         paths = [paths]
@@ -111,7 +113,9 @@ def load_guide_json(path: Path) -> list[Document]:
         meta = {"label": label.strip()}
         if cats.label_mismatch:
             meta["label_mismatch"] = True
-        docs.append(Document(str(key), title, text, cats.category1, cats.category2, cats.category3, str(path), meta))
+        docs.append(
+            Document(str(key), title, text, cats.category1, cats.category2, cats.category3, str(path), meta)
+        )
     return docs
 
 
@@ -131,8 +135,14 @@ def load_jsonl(path: Path) -> list[Document]:
         text = clean_text(rec["text"])
         docs.append(
             Document(
-                str(rec["id"]), title or str(rec["id"]), text,
-                meta.get("category1"), meta.get("category2"), meta.get("category3"), str(path), meta,
+                str(rec["id"]),
+                title or str(rec["id"]),
+                text,
+                meta.get("category1"),
+                meta.get("category2"),
+                meta.get("category3"),
+                str(path),
+                meta,
             )
         )
     return docs

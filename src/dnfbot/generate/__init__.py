@@ -31,6 +31,8 @@ class GenerationRequest:
     history: list[dict] = field(default_factory=list)  # [{"role": "user"|"assistant", "content": str}, ...]
     max_new_tokens: int = 512
     temperature: float = 0.0
+    # Query term → weight (BM25 idf), filled by rag.py; extractive answering scores sentences with it.
+    term_weights: dict[str, float] = field(default_factory=dict)
 
 
 class Generator(ABC):

@@ -1,0 +1,157 @@
+"""`dnfbot bench retrieval`: build time, query latency and dev-set quality, beside the original set-up.
+
+The original project split articles with LangChain's RecursiveCharacterTextSplitter (3000/500) and retrieved
+with LangChain's BM25Retriever on whitespace tokens. Both run here on the same cleaned documents and dev set.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dnfbot.config import Settings
+from dnfbot.eval.retrieval import DevItem, evaluate, load_devset
+
+LATENCY_ROUNDS = 20
+
+
+def _pcts(lat: list[float]) -> dict:
+    a = np.array(lat) * 1000
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95))}
+
+
+def _quality(rankings: list[list[str]], items: list[DevItem], k: int) -> dict:
+    rec, rr = [], []
+    for docs, it in zip(rankings, items, strict=True):
+        rank = next((i for i, d in enumerate(docs[:k], 1) if d in it.gold_doc_ids), None)
+        rec.append(rank is not None)
+        rr.append(1 / rank if rank else 0.0)
+    return {f"recall@{k}": float(np.mean(rec)), f"mrr@{k}": float(np.mean(rr))}
+
+
+def bench_dnfbot(paths: list[str], items: list[DevItem], settings: Settings, k: int = 5) -> dict:
+    from dnfbot.rag import RAG
+    from dnfbot.retrieval.index import build_index, open_index
+    from dnfbot.retrieval.tokenizer import get_tokenizer
+
+    t = time.perf_counter()
+    get_tokenizer()
+    tok_load = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as tmp:
+        result = build_index(paths, Path(tmp), settings, force=True)
+        idx, _ = open_index(Path(tmp), settings, refresh=False)
+        rag = RAG(idx, settings)
+        answerable = [it for it in items if it.answerable]
+        rankings = [[h.chunk.doc_id for h in idx.search(it.question, k)] for it in answerable]
+        lat = []
+        for _ in range(LATENCY_ROUNDS):
+            for it in items:
+                t = time.perf_counter()
+                idx.search(it.question, k)  # query tokenization included
+                lat.append(time.perf_counter() - t)
+        full = evaluate(rag, items, k=k)
+    return {
+        "name": "dnfbot (Kiwi morphemes + bm25s)",
+        "tokenizer_load_s": tok_load,
+        "build_s": result.seconds,
+        "chunks": result.build.manifest["chunks"],
+        **_pcts(lat),
+        **_quality(rankings, answerable, k),
+        "answer_hit": full["answer_hit"],
+        "refusal_accuracy": full["refusal_accuracy"],
+        "false_refusal": full["false_refusal"],
+    }
+
+
+def bench_original(paths: list[str], items: list[DevItem], k: int = 5) -> dict:
+    try:
+        from langchain_community.retrievers import BM25Retriever
+        from langchain_core.documents import Document as LCDocument
+        from langchain_text_splitters import RecursiveCharacterTextSplitter
+    except ImportError as e:
+        return {"name": "original (LangChain)", "error": f"install the [bench] extra: {e}"}
+    from dnfbot.corpus import load_corpus
+
+    docs, _ = load_corpus(paths)
+    t = time.perf_counter()
+    splitter = RecursiveCharacterTextSplitter(chunk_size=3000, chunk_overlap=500)
+    lc_docs = splitter.split_documents(
+        [LCDocument(page_content=d.text, metadata={"doc_id": d.doc_id, "title": d.title}) for d in docs]
+    )
+    retriever = BM25Retriever.from_documents(lc_docs, k=k)
+    build_s = time.perf_counter() - t
+    answerable = [it for it in items if it.answerable]
+    rankings = [[d.metadata["doc_id"] for d in retriever.invoke(it.question)] for it in answerable]
+    lat = []
+    for _ in range(max(1, LATENCY_ROUNDS // 4)):
+        for it in items:
+            t = time.perf_counter()
+            retriever.invoke(it.question)
+            lat.append(time.perf_counter() - t)
+    return {
+        "name": "original (LangChain splitter 3000/500 + BM25Retriever, whitespace)",
+        "build_s": build_s,
+        "chunks": len(lc_docs),
+        **_pcts(lat),
+        **_quality(rankings, answerable, k),
+    }
+
+
+def run_bench(
+    paths: list[str],
+    queries: Path,
+    settings: Settings,
+    *,
+    baseline: bool = True,
+    write: bool = True,
+    k: int = 5,
+) -> dict:
+    items = load_devset(queries)
+    ours = bench_dnfbot(paths, items, settings, k)
+    rows = [ours]
+    if baseline:
+        rows.append(bench_original(paths, items, k))
+    md = to_markdown(rows, k, len(items), paths, queries)
+    if write:
+        from dnfbot.bench.report import update_section
+
+        update_section("retrieval", md)
+    return {"results": rows, "markdown": md}
+
+
+def to_markdown(rows: list[dict], k: int, n: int, paths: list[str], queries: Path) -> str:
+    lines = [
+        "## Retrieval (`dnfbot bench retrieval`)",
+        "",
+        f"Command: `dnfbot bench retrieval --queries {queries}` over {', '.join(paths)}; {n} dev questions.",
+        "Latency is per query with query tokenization, index in memory; build includes loading, cleaning, "
+        "chunking, tokenizing and writing the index.",
+        "",
+        f"| set-up | chunks | build (s) | query p50 (ms) | query p95 (ms) | Recall@{k} | MRR@{k} | answer-hit | refusal acc. | false refusals |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['name']} | {r['error']} |||||||||")
+            continue
+        lines.append(
+            f"| {r['name']} | {r['chunks']} | {r['build_s']:.2f} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | "
+            f"{r[f'recall@{k}']:.3f} | {r[f'mrr@{k}']:.3f} | {_f(r.get('answer_hit'))} | "
+            f"{_f(r.get('refusal_accuracy'))} | {_f(r.get('false_refusal'))} |"
+        )
+    ours = rows[0]
+    lines.append("")
+    lines.append(
+        f"Kiwi model load (once per process, not in the build time above): {ours['tokenizer_load_s']:.2f} s."
+    )
+    if len(rows) > 1 and "error" not in rows[1]:
+        speed = rows[1]["p50_ms"] / max(ours["p50_ms"], 1e-9)
+        lines.append(f"Query latency p50: {speed:.1f}x lower than the original set-up.")
+    return "\n".join(lines)
+
+
+def _f(x) -> str:
+    return "—" if x is None else f"{x:.3f}"

@@ -1,0 +1,80 @@
+"""`dnfbot chat`: a terminal chat with history, category filters and sources on demand."""
+
+from __future__ import annotations
+
+from dnfbot.cli_util import out
+from dnfbot.errors import InputError
+from dnfbot.retrieval.sparse import Filters
+
+HELP = """명령어 (commands):
+  /filter 직업 소드마스터      category1 + category3 (class or board) filter
+  /filter 공략 레이드          category1 + category2
+  /filter off                  clear filters
+  /sources                     sources of the last answer
+  /history                     this conversation so far
+  /help, /quit"""
+
+CATEGORY1 = ("공략", "장비", "직업")
+CATEGORY2 = ("레이드", "레기온", "기타 던전")
+
+
+def parse_filter(args: str) -> Filters:
+    """'직업 소드마스터' → category1=직업, category3=소드마스터; '공략 레이드' → category2=레이드."""
+    parts = args.split(maxsplit=1)
+    if not parts or parts[0] in ("off", "none", "해제"):
+        return Filters()
+    c1 = parts[0]
+    if c1 not in CATEGORY1:
+        raise InputError(f"unknown category1 '{c1}' (choose from {', '.join(CATEGORY1)})")
+    rest = parts[1].strip() if len(parts) > 1 else None
+    if c1 == "공략" and rest in CATEGORY2:
+        return Filters(c1, rest, None)
+    return Filters(c1, None, rest)
+
+
+def run_chat(rag, input_fn=input) -> list[dict]:
+    """The REPL. input_fn is injectable so the loop can be driven in tests. Returns the history."""
+    filters = Filters()
+    history: list[dict] = []
+    last_sources: list[dict] = []
+    out.print("[bold]던파 가이드 챗봇[/] — 질문을 입력하세요. /help 로 명령어를 볼 수 있습니다.")
+    while True:
+        try:
+            line = input_fn("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            out.print()
+            break
+        if not line:
+            continue
+        if line.startswith("/"):
+            cmd, _, args = line[1:].partition(" ")
+            if cmd in ("quit", "exit", "q"):
+                break
+            if cmd == "help":
+                out.print(HELP)
+            elif cmd == "filter":
+                try:
+                    filters = parse_filter(args)
+                    out.print(f"filter: {filters.to_dict() or 'off'}")
+                except InputError as e:
+                    out.print(f"[red]{e}")
+            elif cmd == "sources":
+                for i, s in enumerate(last_sources, 1):
+                    out.print(
+                        f"  {i}. {s['title']} (doc {s['doc_id']}, part {s['part']}, score {s['score']:.2f})"
+                    )
+                if not last_sources:
+                    out.print("  (no sources)")
+            elif cmd == "history":
+                for turn in history:
+                    out.print(f"[bold]{turn['role']}[/]: {turn['content']}")
+            else:
+                out.print(f"[red]unknown command /{cmd}[/] — /help")
+            continue
+        answer = rag.ask(line, filters, history)
+        last_sources = answer.sources
+        out.print(f"[bold cyan]bot>[/] {answer.answer}")
+        if answer.sources:
+            out.print(f"[dim]  출처: {answer.sources[0]['title']} 외 {len(answer.sources) - 1}건 — /sources")
+        history += [{"role": "user", "content": line}, {"role": "assistant", "content": answer.answer}]
+    return history

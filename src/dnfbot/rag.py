@@ -1,0 +1,103 @@
+"""Retrieval-augmented answering: retrieve, check the evidence, generate — or say honestly there is none.
+
+The evidence gate is retrieval-side and generator-independent: the share of the question's term weight (BM25
+idf, unknown words weigh most) found in the best passage must reach `answer.min_coverage`, calibrated on the dev
+set. Below it the answer is exactly NO_INFO_ANSWER with answered=false, whatever the back end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from dnfbot import NO_INFO_ANSWER
+from dnfbot.config import Settings
+from dnfbot.errors import InputError
+from dnfbot.generate import GenerationRequest, Generator, Passage
+from dnfbot.retrieval.sparse import Filters, Hit, SparseIndex
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str
+    answered: bool
+    sources: list[dict] = field(default_factory=list)
+    coverage: float = 0.0
+    generator: str = "extractive"
+
+    def to_dict(self) -> dict:
+        return {"answer": self.answer, "answered": self.answered, "sources": self.sources}
+
+
+def normalise_query(question: str, max_chars: int) -> str:
+    """Empty questions are an error; very long ones are cut safely (a 100,000-character paste is not a query)."""
+    q = " ".join(question.split())
+    if not q:
+        raise InputError("empty question")
+    return q[:max_chars]
+
+
+class RAG:
+    def __init__(
+        self, index: SparseIndex, settings: Settings, generator: Generator | None = None, retriever=None
+    ):
+        from dnfbot.generate.extractive import ExtractiveGenerator
+
+        self.index = index
+        self.settings = settings
+        self.retriever = retriever or index  # dense/hybrid retrievers plug in here (same .search signature)
+        self.generator = generator or ExtractiveGenerator(settings.answer.max_sentences, index.tokenizer)
+
+    def search(self, question: str, k: int | None = None, filters: Filters | None = None) -> list[Hit]:
+        q = normalise_query(question, self.settings.answer.max_query_chars)
+        return self.retriever.search(q, k or self.settings.retrieval.k, filters)
+
+    def evidence(
+        self, question: str, filters: Filters | None = None
+    ) -> tuple[list[Hit], dict[str, float], float]:
+        """Top passages, query term weights, and the coverage of those weights by the best passage."""
+        q = normalise_query(question, self.settings.answer.max_query_chars)
+        tokens = self.index.tokenizer.tokenize(q)
+        weights = {t: self.index.idf(t) for t in tokens}
+        hits = self.retriever.search(q, self.settings.answer.top_chunks, filters)
+        if not hits or not weights:
+            return hits, weights, 0.0
+        pos = self.index.position[hits[0].chunk.chunk_id]
+        covered = sum(w for t, w in weights.items() if self.index.contains(t, pos))
+        return hits, weights, covered / sum(weights.values())
+
+    def prepare(self, question: str, filters: Filters | None = None, history: list[dict] | None = None):
+        hits, weights, coverage = self.evidence(question, filters)
+        answered = bool(hits) and coverage >= self.settings.answer.min_coverage
+        request = GenerationRequest(
+            question=normalise_query(question, self.settings.answer.max_query_chars),
+            passages=[_passage(h) for h in hits],
+            history=history or [],
+            term_weights=weights,
+        )
+        return hits, coverage, answered, request
+
+    def ask(self, question: str, filters: Filters | None = None, history: list[dict] | None = None) -> Answer:
+        hits, coverage, answered, request = self.prepare(question, filters, history)
+        text = self.generator.generate(request).strip() if answered else ""
+        return self._finish(question, hits, coverage, answered, text)
+
+    def ask_stream(
+        self, question: str, filters: Filters | None = None, history: list[dict] | None = None
+    ) -> tuple[list[dict], Iterator[str]]:
+        """(sources, token stream). The stream yields NO_INFO_ANSWER alone when there is no evidence."""
+        hits, coverage, answered, request = self.prepare(question, filters, history)
+        if not answered:
+            return [], iter([NO_INFO_ANSWER])
+        return [h.source() for h in hits], self.generator.stream(request)
+
+    def _finish(self, question: str, hits: list[Hit], coverage: float, answered: bool, text: str) -> Answer:
+        if not answered or not text or NO_INFO_ANSWER in text:
+            return Answer(question, NO_INFO_ANSWER, False, [], coverage, self.generator.name)
+        return Answer(question, text, True, [h.source() for h in hits], coverage, self.generator.name)
+
+
+def _passage(h: Hit) -> Passage:
+    c = h.chunk
+    return Passage(c.chunk_id, c.doc_id, c.title, c.part, c.text, h.score)

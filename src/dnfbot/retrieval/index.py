@@ -1,0 +1,121 @@
+"""Build, open and refresh the retrieval index (one place that knows the whole pipeline)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dnfbot.config import Settings
+from dnfbot.corpus import load_corpus
+from dnfbot.corpus.chunking import chunk_documents
+from dnfbot.errors import IndexMissingError
+from dnfbot.retrieval import store
+from dnfbot.retrieval.sparse import SparseIndex, chunk_tokens_from_doc
+from dnfbot.retrieval.tokenizer import TOKENIZER_VERSION, KoreanTokenizer, get_tokenizer
+
+
+@dataclass
+class BuildResult:
+    build: store.Build
+    rebuilt: bool
+    seconds: float
+
+    def to_dict(self) -> dict:
+        m = self.build.manifest
+        return {
+            "index_dir": str(self.build.path.parent),
+            "build": self.build.path.name,
+            "rebuilt": self.rebuilt,
+            "seconds": round(self.seconds, 3),
+            "documents": m["documents"],
+            "chunks": m["chunks"],
+            "corpus": m["load_report"],
+        }
+
+
+def index_params(settings: Settings) -> dict:
+    r = settings.retrieval
+    return {
+        "chunk_size": settings.chunk.size,
+        "chunk_overlap": settings.chunk.overlap,
+        "tokenizer": TOKENIZER_VERSION,
+        "title_boost": r.title_boost,
+        "bm25": {"k1": r.bm25_k1, "b": r.bm25_b},
+    }
+
+
+def build_index(
+    corpus: list[str | Path],
+    index_dir: Path,
+    settings: Settings,
+    *,
+    force: bool = False,
+    tokenizer: KoreanTokenizer | None = None,
+) -> BuildResult:
+    """Build (or keep, when the corpus and settings are unchanged) the index for `corpus` in `index_dir`."""
+    t0 = time.perf_counter()
+    index_dir = Path(index_dir)
+    sources = store.describe_sources(corpus)
+    params = index_params(settings)
+    fp = store.fingerprint(sources, params)
+    if not force:
+        try:
+            live = store.current_build(index_dir)
+            if live.fingerprint == fp:
+                return BuildResult(live, False, time.perf_counter() - t0)
+        except IndexMissingError:
+            pass
+    tok = tokenizer or get_tokenizer()
+    docs, report = load_corpus(corpus)
+    chunks = chunk_documents(docs, settings.chunk.size, settings.chunk.overlap)
+    by_doc: dict[str, list] = {}
+    for c in chunks:
+        by_doc.setdefault(c.doc_id, []).append(c)
+    doc_spans = tok.tokenize_spans_many([d.text for d in docs])
+    title_tokens = tok.tokenize_many([d.title for d in docs])
+    chunk_tokens = []
+    for d, spans, ttoks in zip(docs, doc_spans, title_tokens, strict=True):
+        for toks in chunk_tokens_from_doc(spans, by_doc.get(d.doc_id, [])):
+            chunk_tokens.append(ttoks * params["title_boost"] + toks)
+    bm25 = SparseIndex.build(chunks, chunk_tokens, settings.retrieval.bm25_k1, settings.retrieval.bm25_b)
+    tmp = store.begin_build(index_dir)
+    try:
+        SparseIndex.save(bm25, chunks, tmp)
+        manifest = {
+            "format_version": store.FORMAT_VERSION,
+            "fingerprint": fp,
+            "sources": sources,
+            "params": params,
+            "documents": len(docs),
+            "chunks": len(chunks),
+            "load_report": report.to_dict(),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        build = store.commit_build(index_dir, tmp, manifest)
+    except BaseException:
+        store.abort_build(tmp)
+        raise
+    return BuildResult(build, True, time.perf_counter() - t0)
+
+
+def is_stale(build: store.Build, settings: Settings) -> bool | None:
+    """True if the sources or settings changed since the build; None if a source is gone (can't tell)."""
+    paths = [Path(s["path"]) for s in build.manifest["sources"]]
+    if not all(p.exists() for p in paths):
+        return None
+    sources = store.describe_sources(paths)
+    return store.fingerprint(sources, index_params(settings)) != build.fingerprint
+
+
+def open_index(
+    index_dir: Path, settings: Settings, *, refresh: bool = True, on_rebuild=None
+) -> tuple[SparseIndex, store.Build]:
+    """Load the live index; rebuild it first if its corpus or settings changed (refresh=True)."""
+    build = store.current_build(Path(index_dir))
+    if refresh and is_stale(build, settings):
+        if on_rebuild:
+            on_rebuild(build)
+        result = build_index([s["path"] for s in build.manifest["sources"]], Path(index_dir), settings)
+        build = result.build
+    return SparseIndex.load(build.path, get_tokenizer()), build

@@ -1,0 +1,179 @@
+"""BM25 over Kiwi morphemes (bm25s), with metadata filters and per-term evidence for the answerer."""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dnfbot.corpus.chunking import Chunk
+from dnfbot.io import iter_jsonl
+from dnfbot.retrieval.tokenizer import KoreanTokenizer
+
+
+@dataclass
+class Filters:
+    """Exact match on category1/2; category3 matches exactly or as a substring ("소드마스터")."""
+
+    category1: str | None = None
+    category2: str | None = None
+    category3: str | None = None
+
+    def empty(self) -> bool:
+        return not (self.category1 or self.category2 or self.category3)
+
+    def accepts(self, c: Chunk) -> bool:
+        if self.category1 and c.category1 != self.category1:
+            return False
+        if self.category2 and c.category2 != self.category2:
+            return False
+        return not (self.category3 and not (c.category3 and self.category3 in c.category3))
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if v}
+
+
+@dataclass
+class Hit:
+    chunk: Chunk
+    score: float
+    rank: int  # 1-based
+
+    def source(self) -> dict:
+        c = self.chunk
+        return {"doc_id": c.doc_id, "title": c.title, "part": c.part, "score": round(float(self.score), 4)}
+
+
+def chunk_tokens_from_doc(doc_spans: list[tuple[str, int, int]], chunks: list[Chunk]) -> list[list[str]]:
+    """Assign a document's tokens to its (overlapping) chunks by offset: tokenize once, not per chunk."""
+    starts = [s for _, s, _ in doc_spans]
+    out = []
+    for c in chunks:
+        i = bisect.bisect_left(starts, c.start)
+        j = bisect.bisect_left(starts, c.end)
+        out.append([tok for tok, _, e in doc_spans[i:j] if e <= c.end])
+    return out
+
+
+class SparseIndex:
+    def __init__(self, chunks: list[Chunk], bm25, tokenizer: KoreanTokenizer):
+        self.chunks = chunks
+        self.bm25 = bm25
+        self.tokenizer = tokenizer
+        self.n = len(chunks)
+        self.position = {c.chunk_id: i for i, c in enumerate(chunks)}
+        indptr = np.asarray(bm25.scores["indptr"])
+        self._indptr = indptr
+        self._indices = np.asarray(bm25.scores["indices"])
+        self._df = np.diff(indptr)
+        self._cat = {
+            name: np.array([getattr(c, name) or "" for c in chunks], dtype=object)
+            for name in ("category1", "category2", "category3")
+        }
+
+    # --- building and loading ---------------------------------------------------------------------------
+    @staticmethod
+    def build(chunks: list[Chunk], chunk_tokens: list[list[str]], k1: float, b: float):
+        import bm25s
+
+        bm25 = bm25s.BM25(k1=k1, b=b, method="lucene")
+        vocab: dict[str, int] = {"": 0}
+        ids = [[vocab.setdefault(t, len(vocab)) for t in toks] or [0] for toks in chunk_tokens]
+        bm25.index(bm25s.tokenization.Tokenized(ids=ids, vocab=vocab), show_progress=False)
+        return bm25
+
+    @classmethod
+    def load(cls, build_dir: Path, tokenizer: KoreanTokenizer) -> SparseIndex:
+        import bm25s
+
+        chunks = [Chunk(**r) for r in iter_jsonl(build_dir / "chunks.jsonl")]
+        bm25 = bm25s.BM25.load(str(build_dir / "sparse"), show_progress=False, verbosity=0)
+        return cls(chunks, bm25, tokenizer)
+
+    @staticmethod
+    def save(bm25, chunks: list[Chunk], build_dir: Path) -> None:
+        bm25.save(str(build_dir / "sparse"), show_progress=False)
+        with open(build_dir / "chunks.jsonl", "w", encoding="utf-8") as f:
+            for c in chunks:
+                f.write(json.dumps(c.to_dict(), ensure_ascii=False) + "\n")
+
+    # --- querying -----------------------------------------------------------------------------------------
+    def token_id(self, token: str) -> int | None:
+        tid = self.bm25.vocab_dict.get(token)
+        return None if tid in (None, 0) else tid
+
+    def idf(self, token: str) -> float:
+        """BM25 (Lucene) idf; a word the corpus never uses gets the highest possible value."""
+        tid = self.token_id(token)
+        df = int(self._df[tid]) if tid is not None else 0
+        return math.log(1 + (self.n - df + 0.5) / (df + 0.5))
+
+    def contains(self, token: str, chunk_index: int) -> bool:
+        tid = self.token_id(token)
+        if tid is None:
+            return False
+        lo, hi = self._indptr[tid], self._indptr[tid + 1]
+        docs = self._indices[lo:hi]
+        j = np.searchsorted(docs, chunk_index)
+        return bool(j < len(docs) and docs[j] == chunk_index)
+
+    def mask(self, filters: Filters | None) -> np.ndarray | None:
+        if filters is None or filters.empty():
+            return None
+        m = np.ones(self.n, dtype=bool)
+        if filters.category1:
+            m &= self._cat["category1"] == filters.category1
+        if filters.category2:
+            m &= self._cat["category2"] == filters.category2
+        if filters.category3:
+            m &= np.array([filters.category3 in v for v in self._cat["category3"]], dtype=bool)
+        return m
+
+    def scores(self, tokens: list[str], filters: Filters | None = None) -> np.ndarray:
+        ids = [tid for t in tokens if (tid := self.token_id(t)) is not None]
+        scores = self.bm25.get_scores_from_ids(ids) if ids else np.zeros(self.n, dtype=np.float32)
+        m = self.mask(filters)
+        if m is not None:
+            scores = np.where(m, scores, 0.0)
+        return scores
+
+    def search_tokens(
+        self, tokens: list[str], k: int = 5, filters: Filters | None = None, per_doc: bool = True
+    ) -> list[Hit]:
+        scores = self.scores(tokens, filters)
+        return top_hits(scores, self.chunks, k, per_doc)
+
+    def search(
+        self, query: str, k: int = 5, filters: Filters | None = None, per_doc: bool = True
+    ) -> list[Hit]:
+        return self.search_tokens(self.tokenizer.tokenize(query), k, filters, per_doc)
+
+
+def top_hits(scores: np.ndarray, chunks: list[Chunk], k: int, per_doc: bool) -> list[Hit]:
+    """The k best positive-scoring chunks; per_doc keeps only each document's best chunk."""
+    positive = np.flatnonzero(scores > 0)
+    if positive.size == 0:
+        return []
+    want = k * 4 if per_doc else k
+    if positive.size > want:
+        part = np.argpartition(-scores[positive], want)[:want]
+        cand = positive[part]
+    else:
+        cand = positive
+    order = cand[np.argsort(-scores[cand], kind="stable")]
+    if per_doc and len(order) < len(positive) and len({chunks[i].doc_id for i in order}) < k:
+        order = positive[np.argsort(-scores[positive], kind="stable")]  # rare: many chunks of few docs
+    hits, seen = [], set()
+    for i in order:
+        c = chunks[i]
+        if per_doc and c.doc_id in seen:
+            continue
+        seen.add(c.doc_id)
+        hits.append(Hit(c, float(scores[i]), len(hits) + 1))
+        if len(hits) == k:
+            break
+    return hits

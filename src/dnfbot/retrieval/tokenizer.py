@@ -1,0 +1,148 @@
+"""Korean-aware tokens for BM25: Kiwi morphemes, content words only.
+
+"장막의" and "장막" are different whitespace tokens — the reason whitespace BM25 misses Korean matches — but
+the same morpheme here. Kept: nouns, numerals, numbers ("1000"), Latin words ("MP", lowercased), hanja, roots and
+verb/adjective stems. Class and dungeon names from the category table are added as proper nouns so that
+"아스라한" is not parsed as 아스라/XR + 하/XSA.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterable
+
+KEEP_TAGS = frozenset({"NNG", "NNP", "NR", "SN", "SL", "SH", "XR", "VV", "VA", "W_HASHTAG"})
+SHORT_DROP_TAGS = frozenset({"VV", "VA", "XR"})  # one-syllable stems (되, 하, 좋) carry little meaning
+# How questions are phrased, not what they ask about: "알려줘", "궁금해", "어떻게 해?" — words that a guide
+# never needs to contain to answer, so they must not count against the evidence.
+ASKING_WORDS = frozenset(
+    {
+        "알리",
+        "알려주",
+        "가르치",
+        "가르쳐주",
+        "말하",
+        "말해주",
+        "어떻",
+        "어떡하",
+        "궁금",
+        "질문",
+        "궁금하",
+        "무엇",
+        "뭐",
+        "알",
+        "모르",
+        "싶",
+        "있",
+        "없",
+        "되",
+        "하",
+        "주",
+        "보",
+    }
+)
+TOKENIZER_VERSION = "kiwi-content-v2"
+
+_EXTRA_NOUNS = (
+    "아스라한",
+    "무의 장막",
+    "바칼",
+    "이스핀즈",
+    "어둑섬",
+    "차원회랑",
+    "이면 경계",
+    "게이볼그",
+    "개전",
+    "아칸",
+    "신수",
+    "커스텀",
+    "융합 장비",
+    "상급 던전",
+    "마나실드",
+    "결전",
+    "근원",
+    "탈리스만",
+    "오즈마",
+    "레기온",
+    "레이드",
+)
+
+
+class KoreanTokenizer:
+    """Thread-safe wrapper around one Kiwi instance (loading Kiwi takes about a second: do it once)."""
+
+    def __init__(self, num_workers: int | None = None):
+        from kiwipiepy import Kiwi
+
+        workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
+        self._kiwi = Kiwi(num_workers=workers)
+        self._lock = threading.Lock()
+        for word in _user_words():
+            self._kiwi.add_user_word(word, "NNP", 0.0)
+
+    def tokenize(self, text: str) -> list[str]:
+        with self._lock:
+            return _keep(self._kiwi.tokenize(text))
+
+    def tokenize_many(self, texts: list[str]) -> list[list[str]]:
+        """Batch tokenization on Kiwi's worker threads."""
+        with self._lock:
+            return [_keep(tokens) for tokens in self._kiwi.tokenize(texts)]
+
+    def tokenize_spans_many(self, texts: list[str]) -> list[list[tuple[str, int, int]]]:
+        """Batch version of tokenize_spans, on Kiwi's worker threads."""
+        with self._lock:
+            return [
+                [(_norm(t.form), t.start, t.start + t.len) for t in toks if _wanted(t)]
+                for toks in self._kiwi.tokenize(texts)
+            ]
+
+    def tokenize_spans(self, text: str) -> list[tuple[str, int, int]]:
+        """(token, start, end) — for mapping tokens back onto sentences."""
+        with self._lock:
+            toks = self._kiwi.tokenize(text)
+        return [(_norm(t.form), t.start, t.start + t.len) for t in toks if _wanted(t)]
+
+
+def _norm(form: str) -> str:
+    return form.lower()
+
+
+def _wanted(tok) -> bool:
+    tag = tok.tag.split("-")[0]  # "VV-R" → "VV"
+    if tag not in KEEP_TAGS:
+        return False
+    if tok.form in ASKING_WORDS:
+        return False
+    return not (tag in SHORT_DROP_TAGS and len(tok.form) < 2)
+
+
+def _keep(tokens: Iterable) -> list[str]:
+    return [_norm(t.form) for t in tokens if _wanted(t)]
+
+
+def _user_words() -> list[str]:
+    from dnfbot.corpus.categories import table
+
+    words = set()
+    for c in table().classes:
+        for term in c.terms:
+            words.update(w for w in re.split(r"[\s()/]+", term) if len(w) >= 2)
+    for word in _EXTRA_NOUNS:
+        words.update(w for w in word.split() if len(w) >= 2)
+    return sorted(words)
+
+
+_shared: KoreanTokenizer | None = None
+_shared_lock = threading.Lock()
+
+
+def get_tokenizer() -> KoreanTokenizer:
+    """The process-wide tokenizer."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = KoreanTokenizer()
+        return _shared

@@ -1,0 +1,126 @@
+"""Tokenization, index round-trip, staleness, atomic builds, filters, refusal."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dnfbot import NO_INFO_ANSWER
+from dnfbot.config import Settings
+from dnfbot.errors import IndexMissingError, InputError
+from dnfbot.rag import RAG
+from dnfbot.retrieval import store
+from dnfbot.retrieval.index import build_index, is_stale, open_index
+from dnfbot.retrieval.sparse import Filters, SparseIndex
+from dnfbot.retrieval.tokenizer import get_tokenizer
+
+MINI = Path(__file__).parent / "fixtures" / "mini_guide.json"
+
+
+@pytest.fixture
+def mini_index(tmp_path):
+    corpus = tmp_path / "guide.json"
+    shutil.copy(MINI, corpus)
+    settings = Settings()
+    index_dir = tmp_path / "index"
+    build_index([corpus], index_dir, settings)
+    return corpus, index_dir, settings
+
+
+def test_tokenizer_keeps_content_morphemes_numbers_and_latin():
+    tok = get_tokenizer()
+    assert "장막" in tok.tokenize("장막의 비밀")  # the particle is not part of the term
+    toks = tok.tokenize("MP과소모 세팅으로 1000골드를 벌었다")
+    assert {"mp", "1000", "골드", "세팅"} <= set(toks)
+    assert "를" not in toks and "으로" not in toks
+    assert "아스라한" in tok.tokenize("아스라한 레이드")  # domain proper noun stays whole
+
+
+def test_index_round_trip_and_search(mini_index):
+    corpus, index_dir, settings = mini_index
+    idx, build = open_index(index_dir, settings)
+    hits = idx.search("무의 장막 신수 추천", k=3)
+    assert hits[0].chunk.doc_id == "0"
+    reloaded = SparseIndex.load(build.path, get_tokenizer())
+    again = reloaded.search("무의 장막 신수 추천", k=3)
+    assert [(h.chunk.chunk_id, round(h.score, 5)) for h in hits] == [
+        (h.chunk.chunk_id, round(h.score, 5)) for h in again
+    ]
+
+
+def test_unchanged_corpus_is_not_rebuilt_and_changed_corpus_is(mini_index):
+    corpus, index_dir, settings = mini_index
+    first = store.current_build(index_dir)
+    assert build_index([corpus], index_dir, settings).rebuilt is False
+    assert is_stale(first, settings) is False
+    text = corpus.read_text(encoding="utf-8").replace("로그 신수", "머랭 신수")
+    corpus.write_text(text, encoding="utf-8")
+    assert is_stale(first, settings) is True
+    rebuilt = []
+    idx, build = open_index(index_dir, settings, on_rebuild=rebuilt.append)
+    assert rebuilt and build.fingerprint != first.fingerprint
+    assert idx.search("머랭", k=1)[0].chunk.doc_id == "0"
+    assert not first.path.exists()  # the old build is cleaned up
+    assert [p.name for p in index_dir.iterdir() if p.name.startswith("build-")] == [build.path.name]
+
+
+def test_changed_chunk_settings_make_the_index_stale(mini_index):
+    corpus, index_dir, settings = mini_index
+    build = store.current_build(index_dir)
+    assert is_stale(build, Settings(chunk={"size": 1000, "overlap": 100})) is True
+
+
+def test_a_crashing_build_leaves_the_previous_index_live(mini_index, monkeypatch):
+    corpus, index_dir, settings = mini_index
+    before = store.current_build(index_dir)
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(SparseIndex, "save", staticmethod(boom))
+    with pytest.raises(RuntimeError):
+        build_index([corpus], index_dir, settings, force=True)
+    after = store.current_build(index_dir)
+    assert after.path == before.path and (after.path / "chunks.jsonl").exists()
+    assert not [p for p in index_dir.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_missing_index_says_how_to_build_it(tmp_path):
+    with pytest.raises(IndexMissingError, match="dnfbot index build"):
+        store.current_build(tmp_path / "nowhere")
+
+
+def test_filters(mini_index):
+    _, index_dir, settings = mini_index
+    idx, _ = open_index(index_dir, settings)
+    q = "입장 명성 조건"
+    assert {h.chunk.doc_id for h in idx.search(q, k=5)} >= {"0", "1"}
+    assert [h.chunk.doc_id for h in idx.search(q, k=5, filters=Filters(category2="레기온"))] == ["1"]
+    assert [h.chunk.category1 for h in idx.search("세팅", k=5, filters=Filters(category1="장비"))] == ["장비"]
+    assert [
+        h.chunk.doc_id for h in idx.search("가이드 세팅", k=5, filters=Filters("직업", None, "소울브링어"))
+    ] == ["4"]
+
+
+def test_answers_with_sources_or_refuses_exactly(mini_index):
+    _, index_dir, settings = mini_index
+    idx, _ = open_index(index_dir, settings)
+    rag = RAG(idx, settings)
+    a = rag.ask("더스크 피로도 얼마나 들어?")
+    assert a.answered and "30" in a.answer and a.sources[0]["doc_id"] == "2"
+    assert set(a.sources[0]) == {"doc_id", "title", "part", "score"}
+    no = rag.ask("오늘 서울 날씨 어때?")
+    assert no.answer == NO_INFO_ANSWER and no.answered is False and no.sources == []
+
+
+def test_empty_and_huge_queries(mini_index):
+    _, index_dir, settings = mini_index
+    idx, _ = open_index(index_dir, settings)
+    rag = RAG(idx, settings)
+    with pytest.raises(InputError, match="empty question"):
+        rag.ask("   ")
+    huge = "더스크 피로도 " * 20000  # 160,000 characters: truncated, not an error or a hang
+    assert rag.ask(huge).answered in (True, False)
+    assert len(rag.search(huge)) >= 1
