@@ -17,6 +17,14 @@ JsonOpt = typer.Option(False, "--json", help="machine-readable output on stdout"
 Cat1 = typer.Option(None, "--category1", help="공략 | 장비 | 직업")
 Cat2 = typer.Option(None, "--category2", help="레이드 | 레기온 | 기타 던전 (with 공략)")
 Cat3 = typer.Option(None, "--category3", help="board, e.g. '[레이드] 아스라한 : 무의 장막' or a class name")
+ModeOpt = typer.Option(
+    None, "--mode", help="sparse | dense | hybrid (default: hybrid when a dense index exists)"
+)
+BackendOpt = typer.Option(None, "--backend", help="answer generator: extractive (default) | hf | openai")
+ModelOpt = typer.Option(None, "--model", help="hf: local model path; openai: model name")
+AdapterOpt = typer.Option(None, "--adapter", help="hf: LoRA adapter dir")
+BaseUrlOpt = typer.Option(None, "--base-url", help="openai: server URL (else OPENAI_BASE_URL)")
+FourBitOpt = typer.Option(None, "--4bit/--no-4bit", help="hf: load the model in 4-bit (bitsandbytes)")
 QueriesOpt = typer.Option(
     None, "--queries", help='batch mode: JSONL file of {"question": ...}; one JSON line out per query'
 )
@@ -33,15 +41,22 @@ def _index_dir(index_dir: Path | None, settings) -> Path:
 
 
 def open_rag(
-    index_dir: Path | None = None, config: Path | None = None, backend: str = "extractive", **gen_kwargs
+    index_dir: Path | None = None,
+    config: Path | None = None,
+    backend: str | None = None,
+    mode: str | None = None,
+    **gen_overrides,
 ):
     """Settings + live index (refreshed if the corpus changed) + generator, as every verb needs them."""
     from dnfbot.generate import get_generator
     from dnfbot.rag import RAG
-    from dnfbot.retrieval.index import open_index
+    from dnfbot.retrieval.index import open_index, open_retriever
 
     settings = _settings(config)
-    idx, _ = open_index(
+    overrides = {k: v for k, v in dict(gen_overrides, backend=backend).items() if v is not None}
+    if overrides:
+        settings.generation = settings.generation.model_copy(update=overrides)
+    idx, build = open_index(
         _index_dir(index_dir, settings),
         settings,
         on_rebuild=lambda b: console.print(
@@ -49,9 +64,10 @@ def open_rag(
         ),
     )
     generator = None
-    if backend != "extractive" or gen_kwargs:
-        generator = get_generator(backend, **gen_kwargs)
-    return RAG(idx, settings, generator)
+    if settings.generation.backend != "extractive":
+        generator = get_generator(settings.generation.backend, settings=settings.generation)
+    retriever = open_retriever(idx, build, settings, mode)
+    return RAG(idx, settings, generator, retriever=retriever)
 
 
 def _filters(category1, category2, category3):
@@ -101,6 +117,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         ),
         index_dir: Path = IndexDir,
         force: bool = typer.Option(False, "--force", help="rebuild even if nothing changed"),
+        dense_model: str = typer.Option(
+            None,
+            "--dense-model",
+            help="also build a dense (FAISS) index with this sentence-transformers model",
+        ),
         config: Path = ConfigOpt,
         json_out: bool = JsonOpt,
     ):
@@ -109,6 +130,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from dnfbot.retrieval.index import build_index
 
         settings = _settings(config)
+        if dense_model:
+            settings.dense = settings.dense.model_copy(update={"model": dense_model})
         paths = [str(p) for p in corpus_paths] if corpus_paths else settings.corpus
         missing = [p for p in paths if not Path(p).exists()]
         if missing:
@@ -167,6 +190,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         with_text: bool = typer.Option(
             False, "--with-text", help="include each passage's text in --json output"
         ),
+        mode: str = ModeOpt,
         index_dir: Path = IndexDir,
         config: Path = ConfigOpt,
         json_out: bool = JsonOpt,
@@ -175,7 +199,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         questions = read_questions(queries) if queries else [question]
         if questions == [None]:
             raise InputError("give a question or --queries FILE")
-        rag = open_rag(index_dir, config)
+        rag = open_rag(index_dir, config, mode=mode)
         filters = _filters(category1, category2, category3)
         for q in questions:
             hits = rag.search(q, k, filters)
@@ -200,7 +224,12 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         category2: str = Cat2,
         category3: str = Cat3,
         queries: Path = QueriesOpt,
-        backend: str = typer.Option("extractive", "--backend", help="extractive | hf | openai"),
+        mode: str = ModeOpt,
+        backend: str = BackendOpt,
+        model: str = ModelOpt,
+        adapter: str = AdapterOpt,
+        base_url: str = BaseUrlOpt,
+        load_in_4bit: bool = FourBitOpt,
         index_dir: Path = IndexDir,
         config: Path = ConfigOpt,
         json_out: bool = JsonOpt,
@@ -209,7 +238,16 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         questions = read_questions(queries) if queries else [question]
         if questions == [None]:
             raise InputError("give a question or --queries FILE")
-        rag = open_rag(index_dir, config, backend)
+        rag = open_rag(
+            index_dir,
+            config,
+            backend,
+            mode,
+            model=model,
+            adapter=adapter,
+            base_url=base_url,
+            load_in_4bit=load_in_4bit,
+        )
         filters = _filters(category1, category2, category3)
         for q in questions:
             a = rag.ask(q, filters)
@@ -224,12 +262,28 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     def chat(
         index_dir: Path = IndexDir,
         config: Path = ConfigOpt,
-        backend: str = typer.Option("extractive", "--backend", help="extractive | hf | openai"),
+        mode: str = ModeOpt,
+        backend: str = BackendOpt,
+        model: str = ModelOpt,
+        adapter: str = AdapterOpt,
+        base_url: str = BaseUrlOpt,
+        load_in_4bit: bool = FourBitOpt,
     ):
         """Interactive chat in the terminal. /help lists the commands."""
         from dnfbot.chat import run_chat
 
-        run_chat(open_rag(index_dir, config, backend))
+        run_chat(
+            open_rag(
+                index_dir,
+                config,
+                backend,
+                mode,
+                model=model,
+                adapter=adapter,
+                base_url=base_url,
+                load_in_4bit=load_in_4bit,
+            )
+        )
 
     @app.command("config")
     def show_config(config: Path = ConfigOpt, json_out: bool = JsonOpt):
@@ -350,6 +404,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         ),
         k: int = typer.Option(5, "--k", min=1),
         calibrate: bool = typer.Option(False, "--calibrate", help="also search the refusal threshold"),
+        mode: str = ModeOpt,
         index_dir: Path = IndexDir,
         config: Path = ConfigOpt,
         json_out: bool = JsonOpt,
@@ -358,7 +413,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from dnfbot.eval.retrieval import evaluate, load_devset
 
         items = load_devset(queries)
-        rag = open_rag(index_dir, config)
+        rag = open_rag(index_dir, config, mode=mode)
         report = evaluate(rag, items, k=k, calibrate=calibrate)
         if json_out:
             emit_json(report)

@@ -48,12 +48,40 @@ class AnswerSettings(_Section):
     max_query_chars: int = Field(2000, ge=10)
 
 
+class DenseSettings(_Section):
+    model: str | None = Field(None, description="sentence-transformers model path or hub id; None = sparse only")
+    query_prefix: str = Field("", description="prepended to queries (e.g. an instruction for e5/bge models)")
+    passage_prefix: str = ""
+    batch_size: int = Field(32, ge=1)
+    mode: str = Field("auto", pattern="^(auto|sparse|dense|hybrid)$", description="auto = hybrid if a dense index exists")
+    fusion: str = Field("weighted", pattern="^(weighted|rrf)$")
+    sparse_weight: float = Field(0.3, ge=0.0)
+    dense_weight: float = Field(0.7, ge=0.0)
+    rrf_k: int = Field(60, ge=1)
+    min_similarity: float | None = Field(None, description="drop dense hits below this cosine (original: 0.6)")
+
+
+class GenerationSettings(_Section):
+    backend: str = Field("extractive", pattern="^(extractive|hf|openai)$")
+    model: str | None = Field(None, description="hf: local model path; openai: model name")
+    adapter: str | None = Field(None, description="hf: LoRA adapter dir")
+    load_in_4bit: bool = False
+    base_url: str | None = Field(None, description="openai: server URL (or OPENAI_BASE_URL); key from OPENAI_API_KEY")
+    max_new_tokens: int = Field(512, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    history_turns: int = Field(3, ge=0, description="past turns given to the generator")
+    rewrite_query: bool = Field(True, description="fold the conversation into the retrieval query")
+    prompt_template: str | None = Field(None, description="RAG prompt template file; None = the packaged one")
+
+
 class Settings(_Section):
     home: Path = Field(default_factory=lambda: default_home())
     corpus: list[str] = Field(default_factory=lambda: default_corpus())
     chunk: ChunkSettings = ChunkSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     answer: AnswerSettings = AnswerSettings()
+    dense: DenseSettings = DenseSettings()
+    generation: GenerationSettings = GenerationSettings()
 
     @property
     def index_dir(self) -> Path:

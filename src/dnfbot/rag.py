@@ -68,12 +68,19 @@ class RAG:
         return hits, weights, covered / sum(weights.values())
 
     def prepare(self, question: str, filters: Filters | None = None, history: list[dict] | None = None):
-        hits, weights, coverage = self.evidence(question, filters)
+        from dnfbot.conversation import recent_history, retrieval_query
+
+        gen = self.settings.generation
+        history = recent_history(history or [], gen.history_turns)
+        query = retrieval_query(question, history, gen.rewrite_query)
+        hits, weights, coverage = self.evidence(query, filters)
         answered = bool(hits) and coverage >= self.settings.answer.min_coverage
         request = GenerationRequest(
             question=normalise_query(question, self.settings.answer.max_query_chars),
             passages=[_passage(h) for h in hits],
-            history=history or [],
+            history=history,
+            max_new_tokens=gen.max_new_tokens,
+            temperature=gen.temperature,
             term_weights=weights,
         )
         return hits, coverage, answered, request

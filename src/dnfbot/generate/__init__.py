@@ -55,7 +55,10 @@ _REGISTRY: dict[str, str] = {
 
 
 def get_generator(name: str, **kwargs) -> Generator:
-    """Build a back end by name; heavy imports happen only for the chosen one."""
+    """Build a back end by name; heavy imports happen only for the chosen one.
+
+    Back ends are constructed as `Cls(settings=GenerationSettings)` (see dnfbot.config): model, adapter,
+    load_in_4bit, base_url, max_new_tokens, temperature, history_turns, prompt_template."""
     import importlib
 
     from dnfbot.errors import InputError

@@ -19,6 +19,7 @@ class ExtractiveGenerator(Generator):
     name = "extractive"
 
     def __init__(self, max_sentences: int = 3, tokenizer: KoreanTokenizer | None = None, **_: object):
+        # **_: accepts the GenerationSettings other back ends take (settings=...), so all are built alike
         self.max_sentences = max_sentences
         self._tok = tokenizer
 

@@ -35,14 +35,17 @@ class BuildResult:
 
 
 def index_params(settings: Settings) -> dict:
-    r = settings.retrieval
-    return {
+    r, d = settings.retrieval, settings.dense
+    params = {
         "chunk_size": settings.chunk.size,
         "chunk_overlap": settings.chunk.overlap,
         "tokenizer": TOKENIZER_VERSION,
         "title_boost": r.title_boost,
         "bm25": {"k1": r.bm25_k1, "b": r.bm25_b},
     }
+    if d.model:
+        params["dense"] = {"model": d.model, "query_prefix": d.query_prefix, "passage_prefix": d.passage_prefix}
+    return params
 
 
 def build_index(
@@ -82,6 +85,11 @@ def build_index(
     tmp = store.begin_build(index_dir)
     try:
         SparseIndex.save(bm25, chunks, tmp)
+        dense_info = None
+        if settings.dense.model:
+            from dnfbot.retrieval.dense import build_dense  # the [dense] extra
+
+            dense_info = build_dense(tmp, chunks, settings.dense, cache_dir=index_dir / "embedding-cache")
         manifest = {
             "format_version": store.FORMAT_VERSION,
             "fingerprint": fp,
@@ -90,6 +98,7 @@ def build_index(
             "documents": len(docs),
             "chunks": len(chunks),
             "load_report": report.to_dict(),
+            "dense": dense_info,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         build = store.commit_build(index_dir, tmp, manifest)
@@ -119,3 +128,20 @@ def open_index(
         result = build_index([s["path"] for s in build.manifest["sources"]], Path(index_dir), settings)
         build = result.build
     return SparseIndex.load(build.path, get_tokenizer()), build
+
+
+def open_retriever(index: SparseIndex, build: store.Build, settings: Settings, mode: str | None = None):
+    """The retriever for `mode` (sparse | dense | hybrid | auto): auto is hybrid when the build has a dense index."""
+    mode = mode or settings.dense.mode
+    has_dense = (build.path / "dense").exists()
+    if mode == "auto":
+        mode = "hybrid" if has_dense else "sparse"
+    if mode == "sparse":
+        return index
+    if not has_dense:
+        raise IndexMissingError(
+            f"{build.path}: no dense index; build one with `dnfbot index build --dense-model PATH`"
+        )
+    from dnfbot.retrieval.dense import open_dense_retriever  # the [dense] extra
+
+    return open_dense_retriever(index, build, settings, mode)
