@@ -46,3 +46,15 @@ def test_refuses_off_topic_questions(rag):
     for q in ["오늘 서울 날씨 어때?", "비트코인 시세 알려줘"]:
         a = rag.ask(q)
         assert a.answer == NO_INFO_ANSWER and not a.answered
+
+
+def test_dev_set_quality_targets(rag):
+    """The issue's quality targets on eval/dev.jsonl (tuned on this set: see eval/README.md)."""
+    from pathlib import Path
+
+    from dnfbot.eval.retrieval import evaluate, load_devset
+
+    r = evaluate(rag, load_devset(Path(__file__).parents[1] / "eval" / "dev.jsonl"), k=5)
+    assert r["recall@5"] >= 0.95 and r["mrr@5"] >= 0.85
+    assert r["answer_hit"] >= 0.60
+    assert r["refusal_accuracy"] >= 0.80 and r["false_refusal"] <= 0.10

@@ -43,7 +43,8 @@ def test_index_round_trip_and_search(mini_index):
     idx, build = open_index(index_dir, settings)
     hits = idx.search("무의 장막 신수 추천", k=3)
     assert hits[0].chunk.doc_id == "0"
-    reloaded = SparseIndex.load(build.path, get_tokenizer())
+    r = settings.retrieval
+    reloaded = SparseIndex.load(build.path, get_tokenizer(), r.bigram_weight, r.class_boost)
     again = reloaded.search("무의 장막 신수 추천", k=3)
     assert [(h.chunk.chunk_id, round(h.score, 5)) for h in hits] == [
         (h.chunk.chunk_id, round(h.score, 5)) for h in again
@@ -124,3 +125,28 @@ def test_empty_and_huge_queries(mini_index):
     huge = "더스크 피로도 " * 20000  # 160,000 characters: truncated, not an error or a hang
     assert rag.ask(huge).answered in (True, False)
     assert len(rag.search(huge)) >= 1
+
+
+def test_char_bigrams_bridge_spacing_and_slang():
+    from dnfbot.retrieval.tokenizer import char_bigrams
+
+    assert char_bigrams("무의장막 MP 1000골드") == ["무의", "의장", "장막", "mp", "1000", "골드"]
+    assert set(char_bigrams("무의 장막")) < set(char_bigrams("무의장막"))
+
+
+def test_query_understanding_uses_the_category_table():
+    from dnfbot.corpus.categories import canonical_query, expand_query, query_classes
+
+    assert query_classes("드나랑 같이 싸우는 용") == ["드래곤나이트 (타이런트 / 드레드노트)"]
+    assert query_classes("남넨마스터 스킬트리") == ["넨마스터(남) (광호제 / 염황 광풍제월)"]
+    assert expand_query("무장 물약 몇 개") == "무장 물약 몇 개 무의 장막"
+    assert canonical_query("섀댄 쿨감") == "섀도우댄서 쿨타임 감소"
+
+
+def test_class_named_in_question_boosts_its_guides(mini_index):
+    _, index_dir, settings = mini_index
+    idx, _ = open_index(index_dir, settings)
+    plain = idx.query_scores("냉기의 사야 세팅")
+    boosted = idx.query_scores("소울 냉기의 사야 세팅")
+    soul = idx.position["4#1"]
+    assert boosted[soul] > plain[soul]

@@ -35,7 +35,13 @@ class RetrievalSettings(_Section):
     bm25_k1: float = 1.2
     bm25_b: float = 0.75
     title_boost: int = Field(
-        2, ge=0, description="times the title's tokens are repeated in each chunk's index text"
+        3, ge=0, description="times the title's tokens are repeated in each chunk's index text"
+    )
+    bigram_weight: float = Field(
+        2.0, ge=0.0, description="weight of the character-bigram field vs Kiwi morphemes"
+    )
+    class_boost: float = Field(
+        0.5, ge=0.0, description="score bonus for chunks of a class the question names"
     )
 
 
@@ -44,21 +50,27 @@ class AnswerSettings(_Section):
     top_chunks: int = Field(3, ge=1, le=20)
     # Share of the question's IDF mass that the evidence must cover; calibrated on eval/dev.jsonl
     # (`dnfbot eval retrieval --calibrate`). Below it the bot says it has no information.
-    min_coverage: float = Field(0.62, ge=0.0, le=1.0)
+    min_coverage: float = Field(0.5, ge=0.0, le=1.0)
     max_query_chars: int = Field(2000, ge=10)
 
 
 class DenseSettings(_Section):
-    model: str | None = Field(None, description="sentence-transformers model path or hub id; None = sparse only")
+    model: str | None = Field(
+        None, description="sentence-transformers model path or hub id; None = sparse only"
+    )
     query_prefix: str = Field("", description="prepended to queries (e.g. an instruction for e5/bge models)")
     passage_prefix: str = ""
     batch_size: int = Field(32, ge=1)
-    mode: str = Field("auto", pattern="^(auto|sparse|dense|hybrid)$", description="auto = hybrid if a dense index exists")
+    mode: str = Field(
+        "auto", pattern="^(auto|sparse|dense|hybrid)$", description="auto = hybrid if a dense index exists"
+    )
     fusion: str = Field("weighted", pattern="^(weighted|rrf)$")
     sparse_weight: float = Field(0.3, ge=0.0)
     dense_weight: float = Field(0.7, ge=0.0)
     rrf_k: int = Field(60, ge=1)
-    min_similarity: float | None = Field(None, description="drop dense hits below this cosine (original: 0.6)")
+    min_similarity: float | None = Field(
+        None, description="drop dense hits below this cosine (original: 0.6)"
+    )
 
 
 class GenerationSettings(_Section):
@@ -66,7 +78,9 @@ class GenerationSettings(_Section):
     model: str | None = Field(None, description="hf: local model path; openai: model name")
     adapter: str | None = Field(None, description="hf: LoRA adapter dir")
     load_in_4bit: bool = False
-    base_url: str | None = Field(None, description="openai: server URL (or OPENAI_BASE_URL); key from OPENAI_API_KEY")
+    base_url: str | None = Field(
+        None, description="openai: server URL (or OPENAI_BASE_URL); key from OPENAI_API_KEY"
+    )
     max_new_tokens: int = Field(512, ge=1)
     temperature: float = Field(0.0, ge=0.0)
     history_turns: int = Field(3, ge=0, description="past turns given to the generator")

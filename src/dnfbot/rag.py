@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 
 from dnfbot import NO_INFO_ANSWER
 from dnfbot.config import Settings
+from dnfbot.corpus.categories import canonical_query
 from dnfbot.errors import InputError
 from dnfbot.generate import GenerationRequest, Generator, Passage
 from dnfbot.retrieval.sparse import Filters, Hit, SparseIndex
+from dnfbot.retrieval.tokenizer import char_bigrams
 
 
 @dataclass
@@ -56,16 +58,24 @@ class RAG:
     def evidence(
         self, question: str, filters: Filters | None = None
     ) -> tuple[list[Hit], dict[str, float], float]:
-        """Top passages, query term weights, and the coverage of those weights by the best passage."""
+        """Top passages, query term weights, and how well the best passage covers the question.
+
+        Coverage of a passage = mean of the idf-weighted share of the question's morphemes and of its character
+        bigrams that the passage contains; the evidence is the best passage's coverage."""
         q = normalise_query(question, self.settings.answer.max_query_chars)
-        tokens = self.index.tokenizer.tokenize(q)
-        weights = {t: self.index.idf(t) for t in tokens}
         hits = self.retriever.search(q, self.settings.answer.top_chunks, filters)
-        if not hits or not weights:
+        canonical = canonical_query(q)  # "드나" is not in the guides; "드래곤나이트" is
+        tokens = self.index.tokenizer.tokenize(canonical)
+        weights = {t: self.index.idf(t) for t in tokens}
+        if not hits:
             return hits, weights, 0.0
-        pos = self.index.position[hits[0].chunk.chunk_id]
-        covered = sum(w for t, w in weights.items() if self.index.contains(t, pos))
-        return hits, weights, covered / sum(weights.values())
+        bigrams = {t: self.index.bigram.idf(t) for t in char_bigrams(canonical)}
+        best = 0.0
+        for h in hits:
+            pos = self.index.position[h.chunk.chunk_id]
+            cov = (_coverage(self.index.morph, weights, pos) + _coverage(self.index.bigram, bigrams, pos)) / 2
+            best = max(best, cov)
+        return hits, weights, best
 
     def prepare(self, question: str, filters: Filters | None = None, history: list[dict] | None = None):
         from dnfbot.conversation import recent_history, retrieval_query
@@ -103,6 +113,11 @@ class RAG:
         if not answered or not text or NO_INFO_ANSWER in text:
             return Answer(question, NO_INFO_ANSWER, False, [], coverage, self.generator.name)
         return Answer(question, text, True, [h.source() for h in hits], coverage, self.generator.name)
+
+
+def _coverage(field, weights: dict[str, float], pos: int) -> float:
+    total = sum(weights.values())
+    return sum(w for t, w in weights.items() if field.contains(t, pos)) / total if total else 0.0
 
 
 def _passage(h: Hit) -> Passage:

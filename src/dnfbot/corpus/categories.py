@@ -20,6 +20,7 @@ class ClassBoard:
     board: str  # the board label, e.g. "소울브링어 (소울테이커 / 다크로드)"
     base: str  # e.g. "소울브링어", "넨마스터(남)"
     terms: tuple[str, ...]  # every name that identifies this class in text
+    nicknames: tuple[str, ...] = ()  # too ambiguous for relabelling articles; fine for reading questions
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Categories:
 class _Table:
     boards: tuple[dict, ...]
     classes: tuple[ClassBoard, ...]
+    query_aliases: dict[str, str]
 
 
 # Overriding a source label needs the class in the title or named 3+ times in the opening text:
@@ -43,7 +45,7 @@ MIN_OVERRIDE_SCORE = 3
 _GENDER_RE = re.compile(r"^(.*?)\s*\((남|여)\)$")
 
 
-def _class_terms(board: str, aliases: list[str]) -> ClassBoard:
+def _class_terms(board: str, aliases: list[str], nicknames: list[str] = ()) -> ClassBoard:
     m = re.match(r"^(.*?)\s*\(([^()]*/[^()]*)\)\s*$", board)
     base, awakenings = (m.group(1).strip(), [a.strip() for a in m.group(2).split("/")]) if m else (board, [])
     terms = {base, *awakenings, *aliases}
@@ -58,14 +60,53 @@ def _class_terms(board: str, aliases: list[str]) -> ClassBoard:
             name.replace(" ", ""),
         }
     terms = {t for t in terms if len(t) >= 2}
-    return ClassBoard(board=board, base=base, terms=tuple(sorted(terms, key=len, reverse=True)))
+    return ClassBoard(
+        board=board, base=base, terms=tuple(sorted(terms, key=len, reverse=True)), nicknames=tuple(nicknames)
+    )
 
 
 @lru_cache(maxsize=1)
 def table() -> _Table:
     data = yaml.safe_load(resources.files("dnfbot").joinpath("data/categories.yaml").read_text("utf-8"))
-    classes = tuple(_class_terms(c["board"], c.get("aliases") or []) for c in data["classes"])
-    return _Table(boards=tuple(data["boards"]), classes=classes)
+    classes = tuple(
+        _class_terms(c["board"], c.get("aliases") or [], c.get("nicknames") or []) for c in data["classes"]
+    )
+    return _Table(
+        boards=tuple(data["boards"]), classes=classes, query_aliases=dict(data.get("query_aliases") or {})
+    )
+
+
+def query_classes(text: str) -> list[str]:
+    """Class boards a question names (full names, aliases or nicknames; longest match first)."""
+    found = []
+    pairs = sorted(
+        ((t, c.board) for c in table().classes for t in (*c.terms, *c.nicknames)),
+        key=lambda x: len(x[0]),
+        reverse=True,
+    )
+    for term, board in pairs:
+        if term in text:
+            text = text.replace(term, " ")
+            if board not in found:
+                found.append(board)
+    return found
+
+
+def canonical_query(text: str) -> str:
+    """The question in the guides' own words: short forms and class nicknames replaced by full names."""
+    for short, full in sorted(table().query_aliases.items(), key=lambda x: -len(x[0])):
+        text = text.replace(short, full)
+    for c in table().classes:
+        for nick in c.nicknames:
+            if nick in text and c.base not in text:
+                text = text.replace(nick, c.base)
+    return text
+
+
+def expand_query(text: str) -> str:
+    """Append the guide wording for short forms in a question ("무장" → "무의 장막")."""
+    extra = [full for short, full in table().query_aliases.items() if short in text and full not in text]
+    return f"{text} {' '.join(extra)}" if extra else text
 
 
 def class_boards() -> list[str]:

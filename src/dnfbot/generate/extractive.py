@@ -1,18 +1,25 @@
 """Grounded extractive answers with no model: the passages' own best sentences for the question.
 
-Each sentence of the top passages is scored by the share of the question's term weight (BM25 idf) it covers,
-with a small preference for higher-ranked passages; the best few are returned in reading order.
+Each sentence of the top passages is scored by the share of the question's weight it covers — half from Kiwi
+morphemes (idf-weighted), half from character bigrams (robust to slang and spacing) — plus a bonus for numbers
+when the question asks for one (몇, 얼마, 언제 …) and a small penalty for lower-ranked passages. The best few
+are returned in reading order; a glued run-on sentence is cut to the window around its matching terms.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from dnfbot.corpus.sentences import split_sentences
 from dnfbot.generate import GenerationRequest, Generator
-from dnfbot.retrieval.tokenizer import KoreanTokenizer, get_tokenizer
+from dnfbot.retrieval.tokenizer import KoreanTokenizer, char_bigrams, get_tokenizer
 
-MAX_SENTENCE_CHARS = 400  # glued run-on "sentences" are cut, so an answer stays readable
+MAX_SENTENCE_CHARS = 300
+_ASKS_NUMBER_RE = re.compile(r"몇|얼마|언제|며칠|퍼센트|%|확률|레벨|초\b|개수|수치")
+_DIGIT_RE = re.compile(r"\d")
+NUMBER_BONUS = 0.15
+RANK_PENALTY = 0.05
 
 
 class ExtractiveGenerator(Generator):
@@ -30,26 +37,40 @@ class ExtractiveGenerator(Generator):
         return self._tok
 
     def select(self, request: GenerationRequest) -> list[tuple[float, int, int, str]]:
-        """(score, passage rank, position, sentence) for the chosen sentences, in reading order."""
+        """(score, passage rank, position, text) for the chosen sentences, in reading order."""
         weights = request.term_weights or {t: 1.0 for t in self.tokenizer.tokenize(request.question)}
         total = sum(weights.values()) or 1.0
+        q_bigrams = set(char_bigrams(request.question))
+        wants_number = bool(_ASKS_NUMBER_RE.search(request.question))
         spans_per_passage = self.tokenizer.tokenize_spans_many([p.text for p in request.passages])
         scored = []
         for rank, (passage, spans) in enumerate(zip(request.passages, spans_per_passage, strict=True)):
             for pos, (a, b) in enumerate(split_sentences(passage.text)):
                 terms = {t for t, s, e in spans if s >= a and e <= b}
-                covered = sum(w for t, w in weights.items() if t in terms)
-                if covered <= 0:
-                    continue
-                score = covered / total - 0.05 * rank
+                morph = sum(w for t, w in weights.items() if t in terms) / total
                 text = passage.text[a:b]
-                if len(text) > MAX_SENTENCE_CHARS:
-                    text = text[:MAX_SENTENCE_CHARS].rsplit(" ", 1)[0] + " …"
-                scored.append((score, rank, pos, text))
+                bigram = len(q_bigrams & set(char_bigrams(text))) / len(q_bigrams) if q_bigrams else 0.0
+                if morph <= 0 and bigram <= 0:
+                    continue
+                score = (morph + bigram) / 2 - RANK_PENALTY * rank
+                if wants_number and _DIGIT_RE.search(text):
+                    score += NUMBER_BONUS
+                scored.append((score, rank, pos, _window(text, spans, a, weights)))
         best = sorted(scored, key=lambda x: -x[0])[: self.max_sentences]
         return sorted(best, key=lambda x: (x[1], x[2]))
 
     def stream(self, request: GenerationRequest) -> Iterator[str]:
-        chosen = self.select(request)
-        for i, (_, _, _, text) in enumerate(chosen):
+        for i, (_, _, _, text) in enumerate(self.select(request)):
             yield ("" if i == 0 else " ") + text
+
+
+def _window(text: str, spans: list[tuple[str, int, int]], offset: int, weights: dict[str, float]) -> str:
+    """A long sentence cut to MAX_SENTENCE_CHARS around its first matching query term."""
+    if len(text) <= MAX_SENTENCE_CHARS:
+        return text
+    hits = [s - offset for t, s, _ in spans if t in weights and offset <= s < offset + len(text)]
+    start = max(0, min(hits) - MAX_SENTENCE_CHARS // 4) if hits else 0
+    start = text.rfind(" ", 0, start) + 1 if start else 0
+    piece = text[start : start + MAX_SENTENCE_CHARS]
+    piece = piece.rsplit(" ", 1)[0] if len(piece) == MAX_SENTENCE_CHARS and " " in piece else piece
+    return ("… " if start else "") + piece + (" …" if start + len(piece) < len(text) else "")

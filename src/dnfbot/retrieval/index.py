@@ -12,7 +12,7 @@ from dnfbot.corpus.chunking import chunk_documents
 from dnfbot.errors import IndexMissingError
 from dnfbot.retrieval import store
 from dnfbot.retrieval.sparse import SparseIndex, chunk_tokens_from_doc
-from dnfbot.retrieval.tokenizer import TOKENIZER_VERSION, KoreanTokenizer, get_tokenizer
+from dnfbot.retrieval.tokenizer import TOKENIZER_VERSION, KoreanTokenizer, char_bigrams, get_tokenizer
 
 
 @dataclass
@@ -44,7 +44,11 @@ def index_params(settings: Settings) -> dict:
         "bm25": {"k1": r.bm25_k1, "b": r.bm25_b},
     }
     if d.model:
-        params["dense"] = {"model": d.model, "query_prefix": d.query_prefix, "passage_prefix": d.passage_prefix}
+        params["dense"] = {
+            "model": d.model,
+            "query_prefix": d.query_prefix,
+            "passage_prefix": d.passage_prefix,
+        }
     return params
 
 
@@ -77,14 +81,18 @@ def build_index(
         by_doc.setdefault(c.doc_id, []).append(c)
     doc_spans = tok.tokenize_spans_many([d.text for d in docs])
     title_tokens = tok.tokenize_many([d.title for d in docs])
-    chunk_tokens = []
+    boost = params["title_boost"]
+    morph_tokens = []
     for d, spans, ttoks in zip(docs, doc_spans, title_tokens, strict=True):
         for toks in chunk_tokens_from_doc(spans, by_doc.get(d.doc_id, [])):
-            chunk_tokens.append(ttoks * params["title_boost"] + toks)
-    bm25 = SparseIndex.build(chunks, chunk_tokens, settings.retrieval.bm25_k1, settings.retrieval.bm25_b)
+            morph_tokens.append(ttoks * boost + toks)
+    bigram_tokens = [char_bigrams(c.title) * boost + char_bigrams(c.text) for c in chunks]
+    r = settings.retrieval
+    sparse = SparseIndex.build(chunks, morph_tokens, bigram_tokens, tok, r.bm25_k1, r.bm25_b, r.bigram_weight)
+    sparse.class_boost = r.class_boost
     tmp = store.begin_build(index_dir)
     try:
-        SparseIndex.save(bm25, chunks, tmp)
+        sparse.save(tmp)
         dense_info = None
         if settings.dense.model:
             from dnfbot.retrieval.dense import build_dense  # the [dense] extra
@@ -127,7 +135,8 @@ def open_index(
             on_rebuild(build)
         result = build_index([s["path"] for s in build.manifest["sources"]], Path(index_dir), settings)
         build = result.build
-    return SparseIndex.load(build.path, get_tokenizer()), build
+    r = settings.retrieval
+    return SparseIndex.load(build.path, get_tokenizer(), r.bigram_weight, r.class_boost), build
 
 
 def open_retriever(index: SparseIndex, build: store.Build, settings: Settings, mode: str | None = None):

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dnfbot.corpus.categories import expand_query, query_classes
 from dnfbot.corpus.chunking import Chunk
 from dnfbot.io import iter_jsonl
-from dnfbot.retrieval.tokenizer import KoreanTokenizer
+from dnfbot.retrieval.tokenizer import KoreanTokenizer, char_bigrams
 
 
 @dataclass
@@ -59,55 +60,41 @@ def chunk_tokens_from_doc(doc_spans: list[tuple[str, int, int]], chunks: list[Ch
     return out
 
 
-class SparseIndex:
-    def __init__(self, chunks: list[Chunk], bm25, tokenizer: KoreanTokenizer):
-        self.chunks = chunks
-        self.bm25 = bm25
-        self.tokenizer = tokenizer
-        self.n = len(chunks)
-        self.position = {c.chunk_id: i for i, c in enumerate(chunks)}
-        indptr = np.asarray(bm25.scores["indptr"])
-        self._indptr = indptr
-        self._indices = np.asarray(bm25.scores["indices"])
-        self._df = np.diff(indptr)
-        self._cat = {
-            name: np.array([getattr(c, name) or "" for c in chunks], dtype=object)
-            for name in ("category1", "category2", "category3")
-        }
+class Field:
+    """One BM25 (bm25s, Lucene variant) over one token stream, with the df/postings the answerer needs."""
 
-    # --- building and loading ---------------------------------------------------------------------------
-    @staticmethod
-    def build(chunks: list[Chunk], chunk_tokens: list[list[str]], k1: float, b: float):
+    def __init__(self, bm25):
+        self.bm25 = bm25
+        self.n = int(bm25.scores["num_docs"])
+        self._indptr = np.asarray(bm25.scores["indptr"])
+        self._indices = np.asarray(bm25.scores["indices"])
+        self._df = np.diff(self._indptr)
+
+    @classmethod
+    def build(cls, token_lists: list[list[str]], k1: float, b: float) -> Field:
         import bm25s
 
         bm25 = bm25s.BM25(k1=k1, b=b, method="lucene")
         vocab: dict[str, int] = {"": 0}
-        ids = [[vocab.setdefault(t, len(vocab)) for t in toks] or [0] for toks in chunk_tokens]
+        ids = [[vocab.setdefault(t, len(vocab)) for t in toks] or [0] for toks in token_lists]
         bm25.index(bm25s.tokenization.Tokenized(ids=ids, vocab=vocab), show_progress=False)
-        return bm25
+        return cls(bm25)
 
     @classmethod
-    def load(cls, build_dir: Path, tokenizer: KoreanTokenizer) -> SparseIndex:
+    def load(cls, path: Path) -> Field:
         import bm25s
 
-        chunks = [Chunk(**r) for r in iter_jsonl(build_dir / "chunks.jsonl")]
-        bm25 = bm25s.BM25.load(str(build_dir / "sparse"), show_progress=False, verbosity=0)
-        return cls(chunks, bm25, tokenizer)
+        return cls(bm25s.BM25.load(str(path), show_progress=False, verbosity=0))
 
-    @staticmethod
-    def save(bm25, chunks: list[Chunk], build_dir: Path) -> None:
-        bm25.save(str(build_dir / "sparse"), show_progress=False)
-        with open(build_dir / "chunks.jsonl", "w", encoding="utf-8") as f:
-            for c in chunks:
-                f.write(json.dumps(c.to_dict(), ensure_ascii=False) + "\n")
+    def save(self, path: Path) -> None:
+        self.bm25.save(str(path), show_progress=False)
 
-    # --- querying -----------------------------------------------------------------------------------------
     def token_id(self, token: str) -> int | None:
         tid = self.bm25.vocab_dict.get(token)
         return None if tid in (None, 0) else tid
 
     def idf(self, token: str) -> float:
-        """BM25 (Lucene) idf; a word the corpus never uses gets the highest possible value."""
+        """BM25 (Lucene) idf; a token the corpus never uses gets the highest possible value."""
         tid = self.token_id(token)
         df = int(self._df[tid]) if tid is not None else 0
         return math.log(1 + (self.n - df + 0.5) / (df + 0.5))
@@ -116,10 +103,88 @@ class SparseIndex:
         tid = self.token_id(token)
         if tid is None:
             return False
-        lo, hi = self._indptr[tid], self._indptr[tid + 1]
-        docs = self._indices[lo:hi]
+        docs = self._indices[self._indptr[tid] : self._indptr[tid + 1]]
         j = np.searchsorted(docs, chunk_index)
         return bool(j < len(docs) and docs[j] == chunk_index)
+
+    def scores(self, tokens: list[str]) -> np.ndarray:
+        ids = [tid for t in tokens if (tid := self.token_id(t)) is not None]
+        return self.bm25.get_scores_from_ids(ids) if ids else np.zeros(self.n, dtype=np.float32)
+
+
+class SparseIndex:
+    """Two BM25 fields fused: Kiwi morphemes (precise) and character bigrams (slang, typos, spacing:
+    "무장", "쿨감", "무의장막"). score = morph/max(morph) + bigram_weight · bigram/max(bigram)."""
+
+    def __init__(
+        self,
+        chunks: list[Chunk],
+        morph: Field,
+        bigram: Field,
+        tokenizer: KoreanTokenizer,
+        bigram_weight: float = 1.0,
+        class_boost: float = 0.0,
+    ):
+        self.chunks = chunks
+        self.class_boost = class_boost
+        self.morph = morph
+        self.bigram = bigram
+        self.tokenizer = tokenizer
+        self.bigram_weight = bigram_weight
+        self.n = len(chunks)
+        self.position = {c.chunk_id: i for i, c in enumerate(chunks)}
+        self._cat = {
+            name: np.array([getattr(c, name) or "" for c in chunks], dtype=object)
+            for name in ("category1", "category2", "category3")
+        }
+
+    # --- building and loading ---------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        chunks: list[Chunk],
+        morph_tokens: list[list[str]],
+        bigram_tokens: list[list[str]],
+        tokenizer: KoreanTokenizer,
+        k1: float,
+        b: float,
+        bigram_weight: float,
+    ) -> SparseIndex:
+        return cls(
+            chunks,
+            Field.build(morph_tokens, k1, b),
+            Field.build(bigram_tokens, k1, b),
+            tokenizer,
+            bigram_weight,
+        )
+
+    @classmethod
+    def load(
+        cls, build_dir: Path, tokenizer: KoreanTokenizer, bigram_weight: float = 1.0, class_boost: float = 0.0
+    ) -> SparseIndex:
+        chunks = [Chunk(**r) for r in iter_jsonl(build_dir / "chunks.jsonl")]
+        return cls(
+            chunks,
+            Field.load(build_dir / "sparse"),
+            Field.load(build_dir / "sparse_bigram"),
+            tokenizer,
+            bigram_weight,
+            class_boost,
+        )
+
+    def save(self, build_dir: Path) -> None:
+        self.morph.save(build_dir / "sparse")
+        self.bigram.save(build_dir / "sparse_bigram")
+        with open(build_dir / "chunks.jsonl", "w", encoding="utf-8") as f:
+            for c in self.chunks:
+                f.write(json.dumps(c.to_dict(), ensure_ascii=False) + "\n")
+
+    # --- querying -----------------------------------------------------------------------------------------
+    def idf(self, token: str) -> float:
+        return self.morph.idf(token)
+
+    def contains(self, token: str, chunk_index: int) -> bool:
+        return self.morph.contains(token, chunk_index)
 
     def mask(self, filters: Filters | None) -> np.ndarray | None:
         if filters is None or filters.empty():
@@ -133,24 +198,30 @@ class SparseIndex:
             m &= np.array([filters.category3 in v for v in self._cat["category3"]], dtype=bool)
         return m
 
-    def scores(self, tokens: list[str], filters: Filters | None = None) -> np.ndarray:
-        ids = [tid for t in tokens if (tid := self.token_id(t)) is not None]
-        scores = self.bm25.get_scores_from_ids(ids) if ids else np.zeros(self.n, dtype=np.float32)
-        m = self.mask(filters)
-        if m is not None:
-            scores = np.where(m, scores, 0.0)
-        return scores
+    def query_scores(self, query: str, filters: Filters | None = None) -> np.ndarray:
+        """Fused sparse scores of every chunk for a query (0 where filtered out).
 
-    def search_tokens(
-        self, tokens: list[str], k: int = 5, filters: Filters | None = None, per_doc: bool = True
-    ) -> list[Hit]:
-        scores = self.scores(tokens, filters)
-        return top_hits(scores, self.chunks, k, per_doc)
+        Short forms are expanded ("무장" → "무의 장막"), and chunks of a class the question names ("드나",
+        "섀댄") get `class_boost`: guides rarely repeat their class's nickname."""
+        expanded = expand_query(query)
+        m = _unit(self.morph.scores(self.tokenizer.tokenize(expanded)))
+        b = _unit(self.bigram.scores(char_bigrams(expanded)))
+        scores = m + self.bigram_weight * b
+        boards = query_classes(query)
+        if boards and self.class_boost:
+            scores = scores + self.class_boost * np.isin(self._cat["category3"], boards) * (scores > 0)
+        mask = self.mask(filters)
+        return scores if mask is None else np.where(mask, scores, 0.0)
 
     def search(
         self, query: str, k: int = 5, filters: Filters | None = None, per_doc: bool = True
     ) -> list[Hit]:
-        return self.search_tokens(self.tokenizer.tokenize(query), k, filters, per_doc)
+        return top_hits(self.query_scores(query, filters), self.chunks, k, per_doc)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    top = float(x.max()) if x.size else 0.0
+    return x / top if top > 0 else x
 
 
 def top_hits(scores: np.ndarray, chunks: list[Chunk], k: int, per_doc: bool) -> list[Hit]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from dnfbot.errors import IndexMissingError, InputError
 from dnfbot.io import atomic_write_json, atomic_write_text, read_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CURRENT = "CURRENT"
 
 

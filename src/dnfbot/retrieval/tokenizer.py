@@ -135,6 +135,23 @@ def _user_words() -> list[str]:
     return sorted(words)
 
 
+_RUN_RE = re.compile(r"[가-힣]+|[A-Za-z]+|\d+(?:\.\d+)?")
+
+
+def char_bigrams(text: str) -> list[str]:
+    """Hangul runs as overlapping character bigrams ("무의장막" → 무의, 의장, 장막); Latin words and numbers whole.
+
+    Robust where morphemes fail: slang and abbreviations ("무장", "쿨감"), missing spaces, unknown words."""
+    out: list[str] = []
+    for m in _RUN_RE.finditer(text.lower()):
+        w = m.group()
+        if len(w) < 2 or not ("가" <= w[0] <= "힣"):
+            out.append(w)
+        else:
+            out.extend(w[i : i + 2] for i in range(len(w) - 1))
+    return out
+
+
 _shared: KoreanTokenizer | None = None
 _shared_lock = threading.Lock()
 
