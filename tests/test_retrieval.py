@@ -150,3 +150,19 @@ def test_class_named_in_question_boosts_its_guides(mini_index):
     boosted = idx.query_scores("소울 냉기의 사야 세팅")
     soul = idx.position["4#1"]
     assert boosted[soul] > plain[soul]
+
+
+def test_stored_token_spans_point_into_chunks_and_give_the_same_answer(mini_index):
+    _, index_dir, settings = mini_index
+    idx, _ = open_index(index_dir, settings)
+    for pos, chunk in enumerate(idx.chunks):
+        spans = idx.chunk_spans(pos)
+        assert spans, chunk.chunk_id
+        assert all(0 <= s < e <= len(chunk.text) for _, s, e in spans)
+    rag = RAG(idx, settings)
+    _, _, answered, request = rag.prepare("더스크 피로도 얼마나 들어?")
+    assert answered and all(p.spans is not None for p in request.passages)
+    stored = rag.generator.generate(request)
+    for p in request.passages:
+        p.spans = None  # forces fresh tokenization of the passages
+    assert rag.generator.generate(request) == stored

@@ -87,7 +87,7 @@ class RAG:
         answered = bool(hits) and coverage >= self.settings.answer.min_coverage
         request = GenerationRequest(
             question=normalise_query(question, self.settings.answer.max_query_chars),
-            passages=[_passage(h) for h in hits],
+            passages=[self._passage(h) for h in hits],
             history=history,
             max_new_tokens=gen.max_new_tokens,
             temperature=gen.temperature,
@@ -109,6 +109,11 @@ class RAG:
             return [], iter([NO_INFO_ANSWER])
         return [h.source() for h in hits], self.generator.stream(request)
 
+    def _passage(self, h: Hit) -> Passage:
+        c = h.chunk
+        spans = self.index.chunk_spans(self.index.position[c.chunk_id])
+        return Passage(c.chunk_id, c.doc_id, c.title, c.part, c.text, h.score, spans)
+
     def _finish(self, question: str, hits: list[Hit], coverage: float, answered: bool, text: str) -> Answer:
         if not answered or not text or NO_INFO_ANSWER in text:
             return Answer(question, NO_INFO_ANSWER, False, [], coverage, self.generator.name)
@@ -118,8 +123,3 @@ class RAG:
 def _coverage(field, weights: dict[str, float], pos: int) -> float:
     total = sum(weights.values())
     return sum(w for t, w in weights.items() if field.contains(t, pos)) / total if total else 0.0
-
-
-def _passage(h: Hit) -> Passage:
-    c = h.chunk
-    return Passage(c.chunk_id, c.doc_id, c.title, c.part, c.text, h.score)

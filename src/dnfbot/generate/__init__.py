@@ -22,6 +22,8 @@ class Passage:
     part: int
     text: str
     score: float
+    # Kiwi (token, start, end) spans into `text`, stored at index time; None → the generator tokenizes.
+    spans: list[tuple[str, int, int]] | None = None
 
 
 @dataclass

@@ -42,7 +42,9 @@ class ExtractiveGenerator(Generator):
         total = sum(weights.values()) or 1.0
         q_bigrams = set(char_bigrams(request.question))
         wants_number = bool(_ASKS_NUMBER_RE.search(request.question))
-        spans_per_passage = self.tokenizer.tokenize_spans_many([p.text for p in request.passages])
+        missing = [p.text for p in request.passages if p.spans is None]
+        fresh = iter(self.tokenizer.tokenize_spans_many(missing) if missing else [])
+        spans_per_passage = [p.spans if p.spans is not None else next(fresh) for p in request.passages]
         scored = []
         for rank, (passage, spans) in enumerate(zip(request.passages, spans_per_passage, strict=True)):
             for pos, (a, b) in enumerate(split_sentences(passage.text)):

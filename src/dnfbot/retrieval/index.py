@@ -11,7 +11,7 @@ from dnfbot.corpus import load_corpus
 from dnfbot.corpus.chunking import chunk_documents
 from dnfbot.errors import IndexMissingError
 from dnfbot.retrieval import store
-from dnfbot.retrieval.sparse import SparseIndex, chunk_tokens_from_doc
+from dnfbot.retrieval.sparse import SparseIndex, chunk_spans_from_doc
 from dnfbot.retrieval.tokenizer import TOKENIZER_VERSION, KoreanTokenizer, char_bigrams, get_tokenizer
 
 
@@ -82,17 +82,18 @@ def build_index(
     doc_spans = tok.tokenize_spans_many([d.text for d in docs])
     title_tokens = tok.tokenize_many([d.title for d in docs])
     boost = params["title_boost"]
-    morph_tokens = []
+    morph_tokens, chunk_spans = [], []
     for d, spans, ttoks in zip(docs, doc_spans, title_tokens, strict=True):
-        for toks in chunk_tokens_from_doc(spans, by_doc.get(d.doc_id, [])):
-            morph_tokens.append(ttoks * boost + toks)
+        for cspans in chunk_spans_from_doc(spans, by_doc.get(d.doc_id, [])):
+            morph_tokens.append(ttoks * boost + [t for t, _, _ in cspans])
+            chunk_spans.append(cspans)
     bigram_tokens = [char_bigrams(c.title) * boost + char_bigrams(c.text) for c in chunks]
     r = settings.retrieval
     sparse = SparseIndex.build(chunks, morph_tokens, bigram_tokens, tok, r.bm25_k1, r.bm25_b, r.bigram_weight)
     sparse.class_boost = r.class_boost
     tmp = store.begin_build(index_dir)
     try:
-        sparse.save(tmp)
+        sparse.save(tmp, chunk_spans)
         dense_info = None
         if settings.dense.model:
             from dnfbot.retrieval.dense import build_dense  # the [dense] extra

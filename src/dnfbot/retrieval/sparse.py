@@ -49,14 +49,18 @@ class Hit:
         return {"doc_id": c.doc_id, "title": c.title, "part": c.part, "score": round(float(self.score), 4)}
 
 
-def chunk_tokens_from_doc(doc_spans: list[tuple[str, int, int]], chunks: list[Chunk]) -> list[list[str]]:
-    """Assign a document's tokens to its (overlapping) chunks by offset: tokenize once, not per chunk."""
+Span = tuple[str, int, int]
+
+
+def chunk_spans_from_doc(doc_spans: list[Span], chunks: list[Chunk]) -> list[list[Span]]:
+    """Assign a document's token spans to its (overlapping) chunks, offsets relative to each chunk's text:
+    tokenize once, not per chunk."""
     starts = [s for _, s, _ in doc_spans]
     out = []
     for c in chunks:
         i = bisect.bisect_left(starts, c.start)
         j = bisect.bisect_left(starts, c.end)
-        out.append([tok for tok, _, e in doc_spans[i:j] if e <= c.end])
+        out.append([(tok, s - c.start, e - c.start) for tok, s, e in doc_spans[i:j] if e <= c.end])
     return out
 
 
@@ -112,6 +116,10 @@ class Field:
         return self.bm25.get_scores_from_ids(ids) if ids else np.zeros(self.n, dtype=np.float32)
 
 
+SPANS_FILE = "spans.jsonl"
+SPANS_OFFSETS_FILE = "spans_offsets.npy"
+
+
 class SparseIndex:
     """Two BM25 fields fused: Kiwi morphemes (precise) and character bigrams (slang, typos, spacing:
     "무장", "쿨감", "무의장막"). score = morph/max(morph) + bigram_weight · bigram/max(bigram)."""
@@ -133,6 +141,8 @@ class SparseIndex:
         self.bigram_weight = bigram_weight
         self.n = len(chunks)
         self.position = {c.chunk_id: i for i, c in enumerate(chunks)}
+        self.build_dir: Path | None = None  # set by load(): where stored token spans are read from
+        self._span_offsets: np.ndarray | None = None
         self._cat = {
             name: np.array([getattr(c, name) or "" for c in chunks], dtype=object)
             for name in ("category1", "category2", "category3")
@@ -163,7 +173,7 @@ class SparseIndex:
         cls, build_dir: Path, tokenizer: KoreanTokenizer, bigram_weight: float = 1.0, class_boost: float = 0.0
     ) -> SparseIndex:
         chunks = [Chunk(**r) for r in iter_jsonl(build_dir / "chunks.jsonl")]
-        return cls(
+        index = cls(
             chunks,
             Field.load(build_dir / "sparse"),
             Field.load(build_dir / "sparse_bigram"),
@@ -171,13 +181,32 @@ class SparseIndex:
             bigram_weight,
             class_boost,
         )
+        index.build_dir = build_dir
+        return index
 
-    def save(self, build_dir: Path) -> None:
+    def save(self, build_dir: Path, spans: list[list[Span]] | None = None) -> None:
         self.morph.save(build_dir / "sparse")
         self.bigram.save(build_dir / "sparse_bigram")
         with open(build_dir / "chunks.jsonl", "w", encoding="utf-8") as f:
             for c in self.chunks:
                 f.write(json.dumps(c.to_dict(), ensure_ascii=False) + "\n")
+        if spans is not None:  # one line per chunk + byte offsets: answering reads 3 lines, not the whole file
+            offsets = []
+            with open(build_dir / SPANS_FILE, "wb") as f:
+                for row in spans:
+                    offsets.append(f.tell())
+                    f.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+            np.save(build_dir / SPANS_OFFSETS_FILE, np.array(offsets, dtype=np.int64))
+
+    def chunk_spans(self, position: int) -> list[Span] | None:
+        """The chunk's Kiwi token spans stored at build time (None for an index built without them)."""
+        if self.build_dir is None or not (self.build_dir / SPANS_FILE).exists():
+            return None
+        if self._span_offsets is None:
+            self._span_offsets = np.load(self.build_dir / SPANS_OFFSETS_FILE)
+        with open(self.build_dir / SPANS_FILE, "rb") as f:
+            f.seek(int(self._span_offsets[position]))
+            return [tuple(x) for x in json.loads(f.readline())]
 
     # --- querying -----------------------------------------------------------------------------------------
     def idf(self, token: str) -> float:

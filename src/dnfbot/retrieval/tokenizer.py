@@ -43,7 +43,7 @@ ASKING_WORDS = frozenset(
         "보",
     }
 )
-TOKENIZER_VERSION = "kiwi-content-v2"
+TOKENIZER_VERSION = "kiwi-content-v3"
 
 _EXTRA_NOUNS = (
     "아스라한",
@@ -78,6 +78,9 @@ class KoreanTokenizer:
 
         workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
         self._kiwi = Kiwi(num_workers=workers)
+        # Unknown-word candidates up to 3 characters instead of 6: ~45% less CPU per article with 99.95% of
+        # the morphemes unchanged on the guide corpus (bench: dnfbot bench retrieval).
+        self._kiwi.global_config.max_unk_form_size = 3
         self._lock = threading.Lock()
         for word in _user_words():
             self._kiwi.add_user_word(word, "NNP", 0.0)
@@ -110,13 +113,21 @@ def _norm(form: str) -> str:
     return form.lower()
 
 
+_WANTED_CACHE: dict[tuple[str, str], bool] = {}
+
+
 def _wanted(tok) -> bool:
-    tag = tok.tag.split("-")[0]  # "VV-R" → "VV"
-    if tag not in KEEP_TAGS:
-        return False
-    if tok.form in ASKING_WORDS:
-        return False
-    return not (tag in SHORT_DROP_TAGS and len(tok.form) < 2)
+    key = (tok.form, tok.tag)
+    hit = _WANTED_CACHE.get(key)
+    if hit is None:  # a corpus repeats the same (form, tag) pairs: decide each once
+        tag = tok.tag.split("-")[0]  # "VV-R" → "VV"
+        hit = (
+            tag in KEEP_TAGS
+            and tok.form not in ASKING_WORDS
+            and not (tag in SHORT_DROP_TAGS and len(tok.form) < 2)
+        )
+        _WANTED_CACHE[key] = hit
+    return hit
 
 
 def _keep(tokens: Iterable) -> list[str]:
