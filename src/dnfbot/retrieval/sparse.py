@@ -190,7 +190,8 @@ class SparseIndex:
         with open(build_dir / "chunks.jsonl", "w", encoding="utf-8") as f:
             for c in self.chunks:
                 f.write(json.dumps(c.to_dict(), ensure_ascii=False) + "\n")
-        if spans is not None:  # one line per chunk + byte offsets: answering reads 3 lines, not the whole file
+        # One line per chunk + byte offsets: answering reads 3 lines, not the whole file.
+        if spans is not None:
             offsets = []
             with open(build_dir / SPANS_FILE, "wb") as f:
                 for row in spans:
