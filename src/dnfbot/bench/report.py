@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 from datetime import UTC, datetime
@@ -14,9 +15,12 @@ HEADER = "# Benchmarks\n\nEach section is rewritten by the command named in it. 
 
 
 def machine_line() -> str:
-    import os
-
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+    # The 1-minute load average says whether other work shared the cores during the run.
+    load = f", load avg {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores{load}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def update_section(name: str, markdown: str, path: str | Path = DEFAULT_PATH) -> Path:

@@ -1,0 +1,215 @@
+"""One chat completion against any OpenAI-compatible server, with our own retry loop.
+
+The official `openai` client is built with max_retries=0 so that every retry is ours and counted. Retried:
+HTTP 429, 5xx, timeouts and connection errors, with exponential backoff and jitter
+(delay_n = min(cap, base * 2**n), slept as uniform(delay_n / 2, delay_n)); a server's Retry-After
+(or retry-after-ms) is honoured as a floor and pauses every worker, not just the one that got the 429.
+401/403/404 stop the whole job (every request would fail the same way); other 4xx reject one passage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from dnfbot.errors import InputError
+
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "[::1]"}
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+MAX_RETRY_AFTER = 600.0  # seconds; a longer Retry-After is capped rather than stalling the job for hours
+
+
+@dataclass
+class RetryPolicy:
+    max_retries: int = 6  # per request, for 429 / 5xx / timeout / connection errors
+    backoff: float = 1.0  # base delay in seconds
+    max_backoff: float = 60.0
+    timeout: float = 120.0  # seconds per request
+
+    def delay(self, retry: int, rng: random.Random) -> float:
+        d = min(self.max_backoff, self.backoff * 2**retry)
+        return rng.uniform(d / 2, d)
+
+
+@dataclass
+class Reply:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    usage_reported: bool  # False when the server sent no usage (the job then uses estimates)
+
+
+class RequestFailed(Exception):
+    """This passage's request failed for good (retries spent, or a 4xx); str(e) is the reason."""
+
+    def __init__(self, reason: str, kind: str):
+        super().__init__(reason)
+        self.kind = kind
+
+
+class FatalServerError(InputError):
+    """Every request would fail the same way (bad key, wrong URL or model): stop the job."""
+
+
+@dataclass
+class ClientStats:
+    retries: Counter = field(default_factory=Counter)  # kind → retries scheduled
+    requests: int = 0
+
+
+def require_openai() -> None:
+    """One-line error instead of a traceback when the optional `openai` package is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("openai") is None:
+        raise InputError(
+            "the openai back end needs the 'openai' package: pip install 'dnfbot[synth]' "
+            "(or use --backend extractive)"
+        )
+
+
+def is_local(base_url: str) -> bool:
+    host = (urlparse(base_url).hostname or "").lower()
+    return host in LOCAL_HOSTS or host.startswith("127.")
+
+
+def resolve_base_url(base_url: str | None) -> str:
+    import os
+
+    return (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+
+
+def resolve_api_key(base_url: str) -> str:
+    """OPENAI_API_KEY from the environment; required for a remote server, optional for a local one."""
+    import os
+
+    key = os.environ.get("OPENAI_API_KEY", "").strip()
+    if key:
+        return key
+    if is_local(base_url):
+        return "not-needed"  # local servers ignore it, but the client wants a non-empty key
+    raise InputError(
+        f"OPENAI_API_KEY is not set; it is required for {base_url} "
+        "(export it, or point --base-url at a local server)"
+    )
+
+
+def parse_retry_after(headers) -> float | None:
+    """Seconds to wait from retry-after-ms / Retry-After (seconds or an HTTP date); None if absent."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return min(MAX_RETRY_AFTER, max(0.0, float(ms) / 1000))
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return min(MAX_RETRY_AFTER, max(0.0, float(value)))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return min(MAX_RETRY_AFTER, max(0.0, when.timestamp() - time.time()))
+
+
+class ChatClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        policy: RetryPolicy | None = None,
+        *,
+        seed: int | None = None,
+    ):
+        from openai import AsyncOpenAI
+
+        self.base_url = base_url
+        self.policy = policy or RetryPolicy()
+        self.stats = ClientStats()
+        self._rng = random.Random(seed)
+        self._pause_until = 0.0  # monotonic time before which nobody sends (set by Retry-After)
+        self._client = AsyncOpenAI(
+            base_url=base_url, api_key=api_key, max_retries=0, timeout=self.policy.timeout
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def complete(
+        self, model: str, messages: list[dict], *, max_tokens: int, temperature: float
+    ) -> Reply:
+        import openai
+        from openai.types.chat import ChatCompletion
+
+        retry = 0
+        while True:
+            wait = self._pause_until - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            retry_after = None
+            self.stats.requests += 1
+            try:
+                resp = await self._client.post(
+                    "/chat/completions",
+                    body={
+                        "model": model,
+                        "messages": messages,
+                        "max_tokens": max_tokens,
+                        "temperature": temperature,
+                    },
+                    cast_to=ChatCompletion,
+                )
+                return _reply(resp)
+            except openai.APITimeoutError:
+                kind = "timeout"
+            except openai.APIConnectionError:
+                kind = "connection"
+            except openai.APIStatusError as e:
+                status = e.status_code
+                if status in (401, 403):
+                    raise FatalServerError(
+                        f"{self.base_url} refused the request (HTTP {status}): check OPENAI_API_KEY"
+                    ) from None
+                if status == 404:
+                    raise FatalServerError(
+                        f"{self.base_url} answered HTTP 404 for model '{model}': check --base-url and --model"
+                    ) from None
+                if status != 429 and status < 500:
+                    raise RequestFailed(f"HTTP {status}: {_short(e)}", f"http_{status}") from None
+                kind = "http_429" if status == 429 else "http_5xx"
+                retry_after = parse_retry_after(e.response.headers)
+            if retry >= self.policy.max_retries:
+                raise RequestFailed(f"{kind} after {retry + 1} attempts", kind)
+            delay = self.policy.delay(retry, self._rng)
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+                self._pause_until = max(self._pause_until, time.monotonic() + retry_after)
+            self.stats.retries[kind] += 1
+            retry += 1
+            await asyncio.sleep(delay)
+
+
+def _reply(resp) -> Reply:
+    text = ""
+    if getattr(resp, "choices", None):
+        text = resp.choices[0].message.content or ""
+    usage = getattr(resp, "usage", None)
+    if usage is not None and usage.prompt_tokens is not None:
+        return Reply(text, int(usage.prompt_tokens), int(usage.completion_tokens or 0), True)
+    return Reply(text, 0, 0, False)
+
+
+def _short(e: Exception) -> str:
+    msg = " ".join(str(getattr(e, "message", e)).split())
+    return msg[:200]
