@@ -48,6 +48,18 @@ SAMPLE_BYTES = 1024 * 1024
 MAX_SHARDS = 16
 
 
+def _require(module: str):
+    """Import a [dense] extra's module, or say which extra to install (no traceback)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise InputError(
+            f"dense retrieval needs {module}: pip install 'dnfbot[dense]' (or use --mode sparse)"
+        ) from None
+
+
 # --- what is encoded, and with which model ----------------------------------------------------------------
 def passage_text(chunk: Chunk) -> str:
     """The text a chunk is embedded as (without the model's passage prefix)."""
@@ -68,7 +80,9 @@ def _model_files(root: Path) -> list[Path]:
     files = []
     for d in dirs:
         if d.is_dir():
-            files += [f for f in d.iterdir() if f.is_file() and f.name != "README.md" and f.suffix != ".jsonl"]
+            files += [
+                f for f in d.iterdir() if f.is_file() and f.name != "README.md" and f.suffix != ".jsonl"
+            ]
     return sorted(set(files))
 
 
@@ -97,8 +111,7 @@ def model_identity(model: str) -> str:
 def load_model(model: str, device: str | None = None, dtype: str | None = None):
     """A sentence-transformers model from a local path (or the local HF cache): never downloads, no remote
     code."""
-    from sentence_transformers import SentenceTransformer
-
+    SentenceTransformer = _require("sentence_transformers").SentenceTransformer
     kwargs = {}
     if dtype:
         import torch
@@ -122,7 +135,11 @@ def load_model(model: str, device: str | None = None, dtype: str | None = None):
 
 def encode(model, texts: list[str], batch_size: int = 32) -> np.ndarray:
     vecs = model.encode(
-        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        texts,
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
     )
     return np.ascontiguousarray(vecs, dtype=np.float32)
 
@@ -154,7 +171,9 @@ class EmbeddingCache:
         if len(shards) <= MAX_SHARDS:
             return
         keys = list(self.vectors)
-        self._write(f"shard-{time.time_ns()}-{os.getpid()}-all.npz", keys, np.stack([self.vectors[k] for k in keys]))
+        self._write(
+            f"shard-{time.time_ns()}-{os.getpid()}-all.npz", keys, np.stack([self.vectors[k] for k in keys])
+        )
         for s in shards:
             s.unlink(missing_ok=True)
 
@@ -167,9 +186,9 @@ class EmbeddingCache:
 # --- building -----------------------------------------------------------------------------------------------
 def build_dense(build_dir: Path, chunks: list[Chunk], settings: DenseSettings, cache_dir: Path) -> dict:
     """Encode the chunks (reusing cached embeddings) and write build_dir/dense/{index.faiss, ids.json, meta.json}."""
-    import faiss
-
     from dnfbot.cli_util import progress
+
+    faiss = _require("faiss")
 
     t0 = time.perf_counter()
     name = settings.model
@@ -253,13 +272,26 @@ def ranks(scores: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     return r
 
 
-def weighted_fusion(sparse: np.ndarray, dense: np.ndarray, eligible: np.ndarray, w_sparse: float,
-                    w_dense: float, min_similarity: float | None = None) -> np.ndarray:
+def weighted_fusion(
+    sparse: np.ndarray,
+    dense: np.ndarray,
+    eligible: np.ndarray,
+    w_sparse: float,
+    w_dense: float,
+    min_similarity: float | None = None,
+) -> np.ndarray:
     return w_sparse * minmax(sparse, eligible) + w_dense * minmax(dense, eligible, min_similarity)
 
 
-def rrf_fusion(sparse: np.ndarray, dense: np.ndarray, eligible: np.ndarray, w_sparse: float, w_dense: float,
-               k: int = 60, min_similarity: float | None = None) -> np.ndarray:
+def rrf_fusion(
+    sparse: np.ndarray,
+    dense: np.ndarray,
+    eligible: np.ndarray,
+    w_sparse: float,
+    w_dense: float,
+    k: int = 60,
+    min_similarity: float | None = None,
+) -> np.ndarray:
     rs = ranks(sparse, eligible & (sparse > 0))
     dense_ok = eligible if min_similarity is None else eligible & (dense >= min_similarity)
     rd = ranks(dense, dense_ok)
@@ -273,8 +305,15 @@ class DenseRetriever:
     `encode_query` and `search_vector` are separate so that query-encoding time (the model) and fusion time
     (numpy) can be measured apart; `last_timing` holds both for the latest `.search`."""
 
-    def __init__(self, index: SparseIndex, matrix: np.ndarray, model, mode: str, settings: DenseSettings,
-                 query_prefix: str = "", batch_size: int = 32):
+    def __init__(
+        self,
+        index: SparseIndex,
+        matrix: np.ndarray,
+        model,
+        mode: str,
+        settings: DenseSettings,
+        query_prefix: str = "",
+    ):
         if mode not in ("dense", "hybrid"):
             raise InputError(f"--mode {mode}: a dense retriever is 'dense' or 'hybrid'")
         self.index = index
@@ -316,14 +355,19 @@ class DenseRetriever:
             return np.where(ok, dense, 0.0)
         sparse = self.index.query_scores(query)
         if s.fusion == "rrf":
-            return rrf_fusion(sparse, dense, eligible, s.sparse_weight, s.dense_weight, s.rrf_k, s.min_similarity)
+            return rrf_fusion(
+                sparse, dense, eligible, s.sparse_weight, s.dense_weight, s.rrf_k, s.min_similarity
+            )
         return weighted_fusion(sparse, dense, eligible, s.sparse_weight, s.dense_weight, s.min_similarity)
 
-    def search_vector(self, query: str, qvec: np.ndarray, k: int = 5, filters: Filters | None = None,
-                      per_doc: bool = True) -> list[Hit]:
+    def search_vector(
+        self, query: str, qvec: np.ndarray, k: int = 5, filters: Filters | None = None, per_doc: bool = True
+    ) -> list[Hit]:
         return top_hits(self.scores(query, qvec, filters), self.chunks, k, per_doc)
 
-    def search(self, query: str, k: int = 5, filters: Filters | None = None, per_doc: bool = True) -> list[Hit]:
+    def search(
+        self, query: str, k: int = 5, filters: Filters | None = None, per_doc: bool = True
+    ) -> list[Hit]:
         t0 = time.perf_counter()
         qvec = self.encode_query(query)
         t1 = time.perf_counter()
@@ -339,17 +383,20 @@ class DenseRetriever:
 
 def load_dense_matrix(build_path: Path, index: SparseIndex) -> tuple[np.ndarray, dict]:
     """The dense vectors in the sparse index's chunk order, and the build's dense meta."""
-    import faiss
-
+    faiss = _require("faiss")
     folder = Path(build_path) / DENSE_DIR
     if not (folder / "meta.json").exists():
-        raise IndexMissingError(f"{folder}: no dense index; build one with `dnfbot index build --dense-model PATH`")
+        raise IndexMissingError(
+            f"{folder}: no dense index; build one with `dnfbot index build --dense-model PATH`"
+        )
     meta = read_json(folder / "meta.json")
     ids = read_json(folder / "ids.json")
     flat = faiss.read_index(str(folder / "index.faiss"))
     stored = flat.reconstruct_n(0, flat.ntotal) if flat.ntotal else np.zeros((0, flat.d), dtype=np.float32)
     if sorted(ids) != sorted(index.position) or len(ids) != flat.ntotal:
-        raise IndexMissingError(f"{folder}: dense index does not match the chunks; rebuild with `dnfbot index build --force`")
+        raise IndexMissingError(
+            f"{folder}: dense index does not match the chunks; rebuild with `dnfbot index build --force`"
+        )
     matrix = np.empty_like(stored)
     matrix[[index.position[c] for c in ids]] = stored
     return np.ascontiguousarray(matrix, dtype=np.float32), meta
@@ -365,5 +412,4 @@ def open_dense_retriever(index: SparseIndex, build, settings: Settings, mode: st
             f"`dnfbot index build --force --dense-model {model_ref}`"
         )
     model = load_model(model_ref)
-    return DenseRetriever(index, matrix, model, mode, settings.dense, meta.get("query_prefix", ""),
-                          settings.dense.batch_size)
+    return DenseRetriever(index, matrix, model, mode, settings.dense, meta.get("query_prefix", ""))

@@ -117,13 +117,22 @@ def build_index(
     return BuildResult(build, True, time.perf_counter() - t0)
 
 
+def with_build_dense(settings: Settings, build: store.Build) -> Settings:
+    """Settings that name no dense model take the build's: a model given once with `index build --dense-model`
+    is not a settings change that should rebuild the index without it."""
+    dense = build.manifest["params"].get("dense")
+    if not dense or settings.dense.model:
+        return settings
+    return settings.model_copy(update={"dense": settings.dense.model_copy(update=dense)})
+
+
 def is_stale(build: store.Build, settings: Settings) -> bool | None:
     """True if the sources or settings changed since the build; None if a source is gone (can't tell)."""
     paths = [Path(s["path"]) for s in build.manifest["sources"]]
     if not all(p.exists() for p in paths):
         return None
     sources = store.describe_sources(paths)
-    return store.fingerprint(sources, index_params(settings)) != build.fingerprint
+    return store.fingerprint(sources, index_params(with_build_dense(settings, build))) != build.fingerprint
 
 
 def open_index(
@@ -134,7 +143,9 @@ def open_index(
     if refresh and is_stale(build, settings):
         if on_rebuild:
             on_rebuild(build)
-        result = build_index([s["path"] for s in build.manifest["sources"]], Path(index_dir), settings)
+        result = build_index(
+            [s["path"] for s in build.manifest["sources"]], Path(index_dir), with_build_dense(settings, build)
+        )
         build = result.build
     r = settings.retrieval
     return SparseIndex.load(build.path, get_tokenizer(), r.bigram_weight, r.class_boost), build

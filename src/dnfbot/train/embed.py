@@ -1,0 +1,281 @@
+"""Fine-tune a sentence embedder on (question, passage) pairs — the original's DNF-bge-m3, in one file.
+
+Loss: multiple-negatives ranking (InfoNCE with in-batch negatives). For a batch of B pairs (q_i, p_i), and
+optionally one mined hard negative n_i per pair,
+
+    s_ij = scale · cos(q_i, c_j),   c = [p_1 … p_B, n_1 … n_B]
+    L    = −(1/B) Σ_i log( exp(s_ii) / Σ_j exp(s_ij) )
+
+so every other passage in the batch is a negative for q_i. Batches never hold the same passage twice (the
+no-duplicates sampler): a duplicate would be a "negative" that is really a positive.
+
+Hard negatives come from the BM25 index: the best-ranked chunk for the question that belongs to another article
+(another chunk of the same article may well answer it too, so it is not used as a negative).
+
+`init_embedder` makes the random-init BERT-style models the tests and benchmarks use (BertModel + mean pooling +
+L2 normalisation, with the polyglot-ko tokenizer): nothing is downloaded, ever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from dnfbot.errors import InputError
+from dnfbot.io import atomic_write_json, iter_jsonl
+
+# Model shapes for `dnfbot model init-embedder --size`. small = all-MiniLM-L6-v2's shape; m3 = bge-m3's
+# (XLM-RoBERTa large) for the GPU throughput check: same layers/width/positions, polyglot-ko's vocabulary.
+SIZES: dict[str, dict] = {
+    "tiny": {
+        "arch": "bert",
+        "hidden_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 256,
+        "max_position_embeddings": 512,
+        "max_seq_length": 256,
+    },
+    "small": {
+        "arch": "bert",
+        "hidden_size": 384,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 12,
+        "intermediate_size": 1536,
+        "max_position_embeddings": 512,
+        "max_seq_length": 256,
+    },
+    "m3": {
+        "arch": "xlm-roberta",
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+        "max_position_embeddings": 8194,
+        "max_seq_length": 8192,
+    },
+}
+
+
+def init_embedder(tokenizer_dir: str | Path, out: str | Path, size: str = "tiny", seed: int = 0) -> dict:
+    """Write a random-init sentence-transformers model (transformer + mean pooling + normalize) to `out`."""
+    import tempfile
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer, BertConfig, BertModel, XLMRobertaConfig, XLMRobertaModel
+
+    Normalize, Pooling, Transformer = _st_modules()
+    if size not in SIZES:
+        raise InputError(f"--size {size}: choose one of {', '.join(SIZES)}")
+    if not any((Path(tokenizer_dir) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise InputError(f"{tokenizer_dir}: not a tokenizer folder (no tokenizer.json)")
+    shape = dict(SIZES[size])
+    arch, max_seq = shape.pop("arch"), shape.pop("max_seq_length")
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    torch.manual_seed(seed)
+    if arch == "bert":
+        config = BertConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **shape)
+        model = BertModel(config)  # with its (unused) pooler: AutoModel would re-create it at load, noisily
+    else:
+        config = XLMRobertaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **shape)
+        model = XLMRobertaModel(config)
+    out = Path(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        transformer = Transformer(tmp, max_seq_length=max_seq)
+        st = SentenceTransformer(
+            modules=[transformer, Pooling(config.hidden_size, "mean"), Normalize()], device="cpu"
+        )
+        st.save(str(out))
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "out": str(out),
+        "size": size,
+        "arch": arch,
+        "dim": config.hidden_size,
+        "parameters": params,
+        "max_seq_length": max_seq,
+        "vocab": len(tok),
+    }
+
+
+def _st_modules():
+    """Transformer/Pooling/Normalize: sentence-transformers >= 6 moved them (the old path warns)."""
+    try:
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    except ImportError:  # 3.x - 5.x
+        from sentence_transformers.models import Normalize, Pooling, Transformer
+    return Normalize, Pooling, Transformer
+
+
+def _st_training():
+    try:
+        from sentence_transformers.base import BatchSamplers
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    except ImportError:  # 3.x - 5.x
+        from sentence_transformers.losses import MultipleNegativesRankingLoss
+        from sentence_transformers.training_args import BatchSamplers
+    return BatchSamplers, MultipleNegativesRankingLoss
+
+
+@dataclass
+class EmbedTrainConfig:
+    model: str
+    pairs: str
+    out: str
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    scale: float = 20.0
+    max_seq_length: int | None = None
+    hard_negatives: bool = False
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    seed: int = 0
+    max_pairs: int | None = None
+
+
+def load_pairs(path: str | Path, split: str | None = None) -> list[dict]:
+    """Pairs from `dnfbot data pairs`; `split` keeps only records of that split (records without one count as
+    train)."""
+    out = []
+    for i, r in enumerate(iter_jsonl(path), start=1):
+        for f in ("query", "passage", "chunk_id"):
+            if not isinstance(r.get(f), str) or not r[f].strip():
+                raise InputError(f"{path}: record {i}: missing or empty field '{f}'")
+        if split is None or r.get("split", "train") == split:
+            out.append(r)
+    return out
+
+
+def mine_bm25_negatives(pairs: list[dict], index) -> list[str | None]:
+    """For each pair, the passage text of the best BM25 chunk from another article (None if there is none)."""
+    from dnfbot.retrieval.dense import passage_text
+
+    negs = []
+    for p in pairs:
+        hits = index.search(p["query"], 5, None, per_doc=True)
+        neg = next(
+            (
+                h.chunk
+                for h in hits
+                if h.chunk.doc_id != p.get("doc_id") and h.chunk.chunk_id != p["chunk_id"]
+            ),
+            None,
+        )
+        negs.append(passage_text(neg) if neg else None)
+    return negs
+
+
+def train_embedder(cfg: EmbedTrainConfig, index=None, log=None) -> dict:
+    """Fine-tune cfg.model on cfg.pairs; save the final model to cfg.out and one model per epoch to
+    cfg.out/epoch-N; write cfg.out/train_log.jsonl (loss per logging step) and cfg.out/embedder_train.json."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from transformers import TrainerCallback
+
+    from dnfbot.retrieval.dense import load_model
+
+    BatchSamplers, MultipleNegativesRankingLoss = _st_training()
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    pairs = load_pairs(cfg.pairs, "train")
+    if cfg.max_pairs:
+        pairs = pairs[: cfg.max_pairs]
+    if len(pairs) < 2:
+        raise InputError(f"{cfg.pairs}: need at least 2 training pairs, found {len(pairs)}")
+    model = load_model(cfg.model)
+    if cfg.max_seq_length:
+        model.max_seq_length = cfg.max_seq_length
+    data = {
+        "anchor": [cfg.query_prefix + p["query"] for p in pairs],
+        "positive": [cfg.passage_prefix + p["passage"] for p in pairs],
+    }
+    mined = 0
+    if cfg.hard_negatives:
+        if index is None:
+            raise InputError("hard negatives need the BM25 index: build one with `dnfbot index build`")
+        negs = mine_bm25_negatives(pairs, index)
+        keep = [i for i, n in enumerate(negs) if n is not None]  # every row needs a negative
+        data = {k: [v[i] for i in keep] for k, v in data.items()}
+        data["negative"] = [cfg.passage_prefix + negs[i] for i in keep]
+        mined = len(keep)
+    dataset = Dataset.from_dict(data)
+    batch = min(cfg.batch_size, len(dataset))
+
+    class EpochSaver(TrainerCallback):
+        """One loadable model per epoch (epoch-1, epoch-2, …) for `dnfbot eval embedder`; no optimizer state."""
+
+        def on_epoch_end(self, args, state, control, **kw):
+            epoch = round(state.epoch or 0)
+            model.save(str(out / f"epoch-{epoch}"))
+
+    class LossLog(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                rec = {"step": state.global_step, "epoch": round(state.epoch or 0, 3), "loss": logs["loss"]}
+                with open(out / "train_log.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(rec) + "\n")
+                if log:
+                    log(rec)
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_log.jsonl").unlink(missing_ok=True)
+    steps_per_epoch = max(1, len(dataset) // batch)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(out / "trainer"),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=batch,
+        learning_rate=cfg.lr,
+        warmup_steps=int(cfg.warmup_ratio * steps_per_epoch * cfg.epochs),
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        save_strategy="no",
+        logging_steps=max(1, steps_per_epoch // 5),
+        report_to="none",
+        seed=cfg.seed,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
+        dataloader_drop_last=True,
+    )
+    loss = MultipleNegativesRankingLoss(model, scale=cfg.scale)
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[EpochSaver(), LossLog()]
+    )
+    with contextlib.redirect_stdout(sys.stderr):  # the HF progress callback prints its logs on stdout
+        trainer.train()
+    if trainer.state.global_step == 0:  # the no-duplicates sampler found no batch of distinct texts
+        raise InputError(
+            f"{cfg.pairs}: no batch of {batch} pairs with {batch} distinct passages (and negatives); "
+            "lower --batch-size or add pairs over more passages"
+        )
+    model.save(str(out))
+    log_path = out / "train_log.jsonl"
+    losses = [r["loss"] for r in iter_jsonl(log_path)] if log_path.exists() else []
+    base = Path(cfg.model).expanduser()
+    summary = {
+        **asdict(cfg),
+        # absolute, so that `eval embedder --run` works from any directory
+        "model_path": str(base.resolve()) if base.exists() else cfg.model,
+        "train_pairs": len(dataset),
+        "hard_negatives_mined": mined,
+        "steps": trainer.state.global_step,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "checkpoints": [str(out / f"epoch-{e}") for e in range(1, cfg.epochs + 1)],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    atomic_write_json(out / "embedder_train.json", summary)
+    return summary
