@@ -38,6 +38,18 @@ def test_tokenizer_keeps_content_morphemes_numbers_and_latin():
     assert "아스라한" in tok.tokenize("아스라한 레이드")  # domain proper noun stays whole
 
 
+def test_cached_query_tokens_are_copies_and_match_uncached():
+    tok = get_tokenizer()
+    q = "무의 장막 신수 추천해 줘 1000 MP"
+    first = tok.tokenize(q)
+    first.append("오염")  # a caller mutating its list must not change what the cache returns
+    again = tok.tokenize(q)
+    assert again == first[:-1]
+    assert again == tok.tokenize_many([q])[0]  # the batch path never caches
+    long_text = "장막 " * 300
+    assert tok.tokenize(long_text) == tok.tokenize_many([long_text])[0]
+
+
 def test_index_round_trip_and_search(mini_index):
     corpus, index_dir, settings = mini_index
     idx, build = open_index(index_dir, settings)

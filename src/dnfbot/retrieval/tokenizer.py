@@ -8,6 +8,7 @@ verb/adjective stems. Class and dungeon names from the category table are added 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -70,6 +71,9 @@ _EXTRA_NOUNS = (
 )
 
 
+_CACHE_MAX_CHARS = 512
+
+
 class KoreanTokenizer:
     """Thread-safe wrapper around one Kiwi instance (loading Kiwi takes about a second: do it once)."""
 
@@ -86,8 +90,20 @@ class KoreanTokenizer:
             self._kiwi.add_user_word(word, "NNP", 0.0)
 
     def tokenize(self, text: str) -> list[str]:
+        if len(text) <= _CACHE_MAX_CHARS:  # queries: retrieval and answering ask for the same text
+            return list(self._cached(text))
         with self._lock:
             return _keep(self._kiwi.tokenize(text))
+
+    @staticmethod
+    def clear_cache() -> None:
+        """Forget cached query tokens (benchmarks time cold queries)."""
+        KoreanTokenizer._cached.cache_clear()
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one tokenizer per process, kept for its lifetime
+    def _cached(self, text: str) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(_keep(self._kiwi.tokenize(text)))
 
     def tokenize_many(self, texts: list[str]) -> list[list[str]]:
         """Batch tokenization on Kiwi's worker threads."""
