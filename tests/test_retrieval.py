@@ -50,6 +50,17 @@ def test_cached_query_tokens_are_copies_and_match_uncached():
     assert tok.tokenize(long_text) == tok.tokenize_many([long_text])[0]
 
 
+def test_field_scores_equal_bm25s_including_repeated_tokens(mini_index):
+    import numpy as np
+
+    _, index_dir, settings = mini_index
+    idx, _ = open_index(index_dir, settings)
+    tokens = idx.tokenizer.tokenize("무의 장막 신수 추천 장막 없는낱말")
+    ids = [t for x in tokens if (t := idx.morph.token_id(x)) is not None]
+    assert len(ids) < len(tokens) and len(set(ids)) < len(ids)  # an unknown and a repeated token
+    np.testing.assert_allclose(idx.morph.scores(tokens), idx.morph.bm25.get_scores_from_ids(ids), rtol=1e-6)
+
+
 def test_index_round_trip_and_search(mini_index):
     corpus, index_dir, settings = mini_index
     idx, build = open_index(index_dir, settings)

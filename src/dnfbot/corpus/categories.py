@@ -76,15 +76,17 @@ def table() -> _Table:
     )
 
 
+@lru_cache(maxsize=1)
+def _class_terms_longest_first() -> tuple[tuple[str, str], ...]:
+    """(term, board) for every class name, alias and nickname; sorted once, not per query."""
+    pairs = ((t, c.board) for c in table().classes for t in (*c.terms, *c.nicknames))
+    return tuple(sorted(pairs, key=lambda x: len(x[0]), reverse=True))
+
+
 def query_classes(text: str) -> list[str]:
     """Class boards a question names (full names, aliases or nicknames; longest match first)."""
     found = []
-    pairs = sorted(
-        ((t, c.board) for c in table().classes for t in (*c.terms, *c.nicknames)),
-        key=lambda x: len(x[0]),
-        reverse=True,
-    )
-    for term, board in pairs:
+    for term, board in _class_terms_longest_first():
         if term in text:
             text = text.replace(term, " ")
             if board not in found:
@@ -92,9 +94,14 @@ def query_classes(text: str) -> list[str]:
     return found
 
 
+@lru_cache(maxsize=1)
+def _aliases_longest_first() -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(table().query_aliases.items(), key=lambda x: -len(x[0])))
+
+
 def canonical_query(text: str) -> str:
     """The question in the guides' own words: short forms and class nicknames replaced by full names."""
-    for short, full in sorted(table().query_aliases.items(), key=lambda x: -len(x[0])):
+    for short, full in _aliases_longest_first():
         text = text.replace(short, full)
     for c in table().classes:
         for nick in c.nicknames:

@@ -72,6 +72,7 @@ class Field:
         self.n = int(bm25.scores["num_docs"])
         self._indptr = np.asarray(bm25.scores["indptr"])
         self._indices = np.asarray(bm25.scores["indices"])
+        self._data = np.asarray(bm25.scores["data"])
         self._df = np.diff(self._indptr)
 
     @classmethod
@@ -112,8 +113,15 @@ class Field:
         return bool(j < len(docs) and docs[j] == chunk_index)
 
     def scores(self, tokens: list[str]) -> np.ndarray:
+        """Sum of each query token's precomputed BM25 column (a repeated token counts again, as in bm25s).
+        One bincount instead of bm25s' np.add.at per query token; the same scores to float32 precision."""
         ids = [tid for t in tokens if (tid := self.token_id(t)) is not None]
-        return self.bm25.get_scores_from_ids(ids) if ids else np.zeros(self.n, dtype=np.float32)
+        if not ids:
+            return np.zeros(self.n, dtype=np.float32)
+        spans = [(self._indptr[t], self._indptr[t + 1]) for t in ids]
+        docs = np.concatenate([self._indices[a:b] for a, b in spans])
+        weights = np.concatenate([self._data[a:b] for a, b in spans])
+        return np.bincount(docs, weights=weights, minlength=self.n).astype(np.float32)
 
 
 SPANS_FILE = "spans.jsonl"
