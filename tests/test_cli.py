@@ -144,7 +144,7 @@ def test_index_dir_from_dnfbot_home(tmp_path, monkeypatch):
     assert d["answered"] is True
 
 
-def test_chat_filters_and_sources(built):
+def test_chat_filters_and_sources(built, capsys):
     from dnfbot.chat import parse_filter, run_chat
     from dnfbot.commands import open_rag
 
@@ -153,9 +153,23 @@ def test_chat_filters_and_sources(built):
     assert (f.category1, f.category2, f.category3) == ("직업", None, "소드마스터")
     f = parse_filter("공략 레기온")
     assert (f.category1, f.category2, f.category3) == ("공략", "레기온", None)
-    lines = iter(["/filter 공략 레기온", "입장 조건 알려줘", "/sources", "/filter off", "/quit"])
+    lines = iter(
+        [
+            "/filter 공략 레기온",
+            "입장 조건 알려줘",
+            "/sources",
+            "/filter off",
+            "오늘 서울 날씨 어때?",
+            "/sources",
+            "/quit",
+        ]
+    )
     history = run_chat(open_rag(index_dir), input_fn=lambda _: next(lines))
     assert history[0]["content"] == "입장 조건 알려줘" and "40000" in history[1]["content"]
+    assert history[3]["content"] == NO_INFO_ANSWER
+    printed = capsys.readouterr().out
+    assert "40000" in printed and "1. " in printed  # the streamed answer, then its sources
+    assert printed.rstrip().endswith("(no sources)")  # a refusal leaves no sources behind
 
 
 def test_config_json_shows_defaults():

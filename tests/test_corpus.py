@@ -27,6 +27,14 @@ def test_cleaning_collapses_repeated_characters_to_two():
     assert clean_text("와!!!! 대박ㅋㅋㅋㅋㅋ ~~~~") == "와!! 대박ㅋㅋ ~~"
 
 
+def test_cleaning_restores_the_space_after_glued_korean_sentences():
+    text = "신수를 선택해야 합니다.선택할 수 있는 신수는 매주 바뀝니다!각 신수는 다릅니다"
+    want = "신수를 선택해야 합니다. 선택할 수 있는 신수는 매주 바뀝니다! 각 신수는 다릅니다"
+    assert clean_text(text) == want
+    untouched = "버전 1.5와 Lv.100, 아이템.txt"  # only Hangul + [.!?] + Hangul gets the space
+    assert clean_text(untouched) == untouched
+
+
 def test_cleaning_strips_urls_entities_nbsp_and_invisible_characters():
     raw = "영상 https://youtu.be/zF_N-WQecy0동영상 영역 &amp;nbsp;가\xa0나\u200b다\ufeff"
     assert clean_text(raw) == "영상 동영상 영역 가 나다"

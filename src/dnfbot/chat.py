@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dnfbot import NO_INFO_ANSWER
 from dnfbot.cli_util import out
 from dnfbot.errors import InputError
 from dnfbot.retrieval.sparse import Filters
@@ -71,10 +72,25 @@ def run_chat(rag, input_fn=input) -> list[dict]:
             else:
                 out.print(f"[red]unknown command /{cmd}[/] — /help")
             continue
-        answer = rag.ask(line, filters, history)
-        last_sources = answer.sources
-        out.print(f"[bold cyan]bot>[/] {answer.answer}")
-        if answer.sources:
-            out.print(f"[dim]  출처: {answer.sources[0]['title']} 외 {len(answer.sources) - 1}건 — /sources")
-        history += [{"role": "user", "content": line}, {"role": "assistant", "content": answer.answer}]
+        text, last_sources = _stream_answer(rag, line, filters, history)
+        if last_sources:
+            out.print(f"[dim]  출처: {last_sources[0]['title']} 외 {len(last_sources) - 1}건 — /sources")
+        history += [{"role": "user", "content": line}, {"role": "assistant", "content": text}]
     return history
+
+
+def _stream_answer(rag, question: str, filters: Filters, history: list[dict]) -> tuple[str, list[dict]]:
+    """Print the answer as the back end produces it (an LLM takes seconds); the same gate as `ask`."""
+    sources, stream = rag.ask_stream(question, filters, history)
+    out.print("[bold cyan]bot>[/] ", end="")
+    parts = []
+    for piece in stream:
+        parts.append(piece)
+        out.print(piece, end="", markup=False, highlight=False)
+    text = "".join(parts).strip()
+    if not text or NO_INFO_ANSWER in text:  # a model that declines is a refusal, without sources
+        if not text:
+            out.print(NO_INFO_ANSWER, end="", markup=False, highlight=False)
+        text, sources = NO_INFO_ANSWER, []
+    out.print()
+    return text, sources

@@ -9,6 +9,9 @@ from __future__ import annotations
 import html
 import re
 
+# Bump when cleaning changes the text: indexes built with other cleaning are then rebuilt.
+CLEANING_VERSION = 2
+
 INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
 _INVISIBLE_RE = re.compile(f"[{INVISIBLE}]")
 _URL_RE = re.compile(r"(?:https?://|www\.)[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
@@ -22,6 +25,8 @@ _STYLE_ATTR_RE = re.compile(r"(?:style|align|face|color|class)=\"[^\"]*\"")
 _REPEAT_RE = re.compile(r"([^\d\s])\1{2,}")
 _SPACES_RE = re.compile(r"[ \t\r\f\v]+")
 _BLANK_LINES_RE = re.compile(r"\n\s*\n+")
+# The scraper dropped line breaks: "합니다.선택할" — put the space back so sentences split and read well.
+_GLUED_SENTENCE_RE = re.compile(r"(?<=[가-힣][.!?])(?=[가-힣])")
 _LIKE_COUNT_RE = re.compile(r"\n[ \t]*\d{1,6}[ \t]*\n?\s*$")
 
 HTML_LEFTOVER_RE = re.compile(
@@ -65,6 +70,7 @@ def clean_text(text: str, *, like_count: bool = False) -> str:
     text = html.unescape(text)
     text = text.replace("\xa0", " ").replace("\u3000", " ")
     text = collapse_repeats(text)
+    text = _GLUED_SENTENCE_RE.sub(" ", text)
     text = _SPACES_RE.sub(" ", text)
     text = "\n".join(line.strip() for line in text.split("\n"))
     text = _BLANK_LINES_RE.sub("\n\n", text)

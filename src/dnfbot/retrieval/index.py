@@ -9,6 +9,7 @@ from pathlib import Path
 from dnfbot.config import Settings
 from dnfbot.corpus import load_corpus
 from dnfbot.corpus.chunking import chunk_documents
+from dnfbot.corpus.clean import CLEANING_VERSION
 from dnfbot.errors import IndexMissingError
 from dnfbot.retrieval import store
 from dnfbot.retrieval.sparse import SparseIndex, chunk_spans_from_doc
@@ -39,6 +40,7 @@ def index_params(settings: Settings) -> dict:
     params = {
         "chunk_size": settings.chunk.size,
         "chunk_overlap": settings.chunk.overlap,
+        "cleaning": CLEANING_VERSION,
         "tokenizer": TOKENIZER_VERSION,
         "title_boost": r.title_boost,
         "bm25": {"k1": r.bm25_k1, "b": r.bm25_b},
