@@ -293,6 +293,42 @@ def metrics_callback(writer: MetricsWriter) -> Any:
     return _MetricsCallback()
 
 
+def training_args(opts: Any, out: str | os.PathLike, *, has_eval: bool) -> dict:
+    """transformers TrainingArguments shared by the SFT and reward trainers (TRL's configs extend them);
+    each stage adds its own keys. `opts.extra` (config keys dnfbot has no option for) pass through."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    return dict(
+        output_dir=str(out),
+        learning_rate=opts.lr,
+        num_train_epochs=opts.epochs,
+        max_steps=opts.max_steps,
+        per_device_train_batch_size=opts.batch_size,
+        per_device_eval_batch_size=opts.batch_size,
+        gradient_accumulation_steps=opts.grad_accum,
+        max_length=opts.max_length,
+        warmup_steps=opts.warmup_steps,
+        lr_scheduler_type=opts.lr_scheduler,
+        weight_decay=opts.weight_decay,
+        optim=opts.optim,
+        logging_steps=opts.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=opts.save_steps,
+        save_total_limit=opts.save_total_limit,
+        eval_strategy="steps" if (opts.eval_steps and has_eval) else "no",
+        eval_steps=opts.eval_steps,
+        seed=opts.seed,
+        data_seed=opts.seed,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        dataloader_pin_memory=on_gpu,
+        report_to="none",
+        disable_tqdm=True,
+        **opts.extra,
+    )
+
+
 def quiet_trainer(trainer: Any) -> None:
     """No dict printing on stdout (stdout is for --json): drop the Trainer's PrinterCallback/ProgressCallback."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback

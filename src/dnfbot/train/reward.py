@@ -35,6 +35,7 @@ from dnfbot.train.common import (
     save_final,
     set_threads,
     split_prompt_completion,
+    training_args,
     write_model_card,
     write_summary,
 )
@@ -155,38 +156,11 @@ def make_trainer(
     *,
     callbacks: list | tuple = (),
 ) -> Any:
-    import torch
     from trl import RewardConfig, RewardTrainer
 
-    on_gpu = torch.cuda.is_available()
     args = RewardConfig(
-        output_dir=str(out),
-        learning_rate=opts.lr,
-        num_train_epochs=opts.epochs,
-        max_steps=opts.max_steps,
-        per_device_train_batch_size=opts.batch_size,
-        per_device_eval_batch_size=opts.batch_size,
-        gradient_accumulation_steps=opts.grad_accum,
-        max_length=opts.max_length,
+        **training_args(opts, out, has_eval=eval_ds is not None),
         center_rewards_coefficient=opts.center_rewards_coefficient,
-        warmup_steps=opts.warmup_steps,
-        lr_scheduler_type=opts.lr_scheduler,
-        weight_decay=opts.weight_decay,
-        optim=opts.optim,
-        logging_steps=opts.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=opts.save_steps,
-        save_total_limit=opts.save_total_limit,
-        eval_strategy="steps" if (opts.eval_steps and eval_ds is not None) else "no",
-        eval_steps=opts.eval_steps,
-        seed=opts.seed,
-        data_seed=opts.seed,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        dataloader_pin_memory=on_gpu,
-        report_to="none",
-        disable_tqdm=True,
-        **opts.extra,
     )
     trainer = RewardTrainer(
         model=model,
