@@ -93,6 +93,9 @@ class KoreanTokenizer:
     def tokenize(self, text: str) -> list[str]:
         if len(text) <= _CACHE_MAX_CHARS:  # queries: retrieval and answering ask for the same text
             return list(self._cached(text))
+        return self._tokenize(text)
+
+    def _tokenize(self, text: str) -> list[str]:
         with self._lock:
             return _keep(self._kiwi.tokenize(text))
 
@@ -103,8 +106,7 @@ class KoreanTokenizer:
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one tokenizer per process, kept for its lifetime
     def _cached(self, text: str) -> tuple[str, ...]:
-        with self._lock:
-            return tuple(_keep(self._kiwi.tokenize(text)))
+        return tuple(self._tokenize(text))
 
     def tokenize_many(self, texts: list[str]) -> list[list[str]]:
         """Batch tokenization on Kiwi's worker threads."""
