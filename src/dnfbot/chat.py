@@ -5,6 +5,7 @@ from __future__ import annotations
 from dnfbot import NO_INFO_ANSWER
 from dnfbot.cli_util import out
 from dnfbot.errors import InputError
+from dnfbot.rag import is_refusal
 from dnfbot.retrieval.sparse import Filters
 
 HELP = """명령어 (commands):
@@ -88,7 +89,7 @@ def _stream_answer(rag, question: str, filters: Filters, history: list[dict]) ->
         parts.append(piece)
         out.print(piece, end="", markup=False, highlight=False)
     text = "".join(parts).strip()
-    if not text or NO_INFO_ANSWER in text:  # a model that declines is a refusal, without sources
+    if is_refusal(text):  # a model that declines is a refusal, without sources
         if not text:
             out.print(NO_INFO_ANSWER, end="", markup=False, highlight=False)
         text, sources = NO_INFO_ANSWER, []

@@ -32,6 +32,11 @@ class Answer:
         return {"answer": self.answer, "answered": self.answered, "sources": self.sources}
 
 
+def is_refusal(text: str) -> bool:
+    """A back end that writes nothing, or says it has no information anywhere in its text, refused."""
+    return not text.strip() or NO_INFO_ANSWER in text
+
+
 def normalise_query(question: str, max_chars: int) -> str:
     """Empty questions are an error; very long ones are cut safely (a 100,000-character paste is not a query)."""
     q = " ".join(question.split())
@@ -111,11 +116,16 @@ class RAG:
 
     def _passage(self, h: Hit) -> Passage:
         c = h.chunk
-        spans = self.index.chunk_spans(self.index.position[c.chunk_id])
+        # Reading spans is a file read + JSON decode per passage: only for a back end that uses them.
+        spans = (
+            self.index.chunk_spans(self.index.position[c.chunk_id])
+            if self.generator.wants_spans(c.text)
+            else None
+        )
         return Passage(c.chunk_id, c.doc_id, c.title, c.part, c.text, h.score, spans)
 
     def _finish(self, question: str, hits: list[Hit], coverage: float, answered: bool, text: str) -> Answer:
-        if not answered or not text or NO_INFO_ANSWER in text:
+        if not answered or is_refusal(text):
             return Answer(question, NO_INFO_ANSWER, False, [], coverage, self.generator.name)
         return Answer(question, text, True, [h.source() for h in hits], coverage, self.generator.name)
 

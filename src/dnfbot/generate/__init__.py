@@ -48,6 +48,10 @@ class Generator(ABC):
     def generate(self, request: GenerationRequest) -> str:
         return "".join(self.stream(request))
 
+    def wants_spans(self, passage_text: str) -> bool:
+        """Whether this back end reads a passage's stored Kiwi spans (rag.py loads them only then)."""
+        return False
+
 
 _REGISTRY: dict[str, str] = {
     "extractive": "dnfbot.generate.extractive:ExtractiveGenerator",

@@ -30,6 +30,9 @@ class ExtractiveGenerator(Generator):
         self.max_sentences = max_sentences
         self._tok = tokenizer
 
+    def wants_spans(self, passage_text: str) -> bool:
+        return True  # sentence scoring maps the stored tokens onto sentences: no Kiwi pass per answer
+
     @property
     def tokenizer(self) -> KoreanTokenizer:
         if self._tok is None:

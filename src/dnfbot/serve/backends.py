@@ -1,8 +1,8 @@
 """The answerers a server or the web page offers: one index, one RAG per generator back end.
 
 `extractive` is always there (no model); the back end chosen by config/flags (hf or openai) is added beside it
-and is the default. The extractive one remembers each passage's analysis (see CachedExtractiveGenerator), and
-ServeRAG skips reading stored token spans that no back end will use.
+and is the default. The extractive one remembers each passage's analysis (see CachedExtractiveGenerator), so it reads a passage's
+stored token spans only the first time.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dnfbot.corpus.sentences import split_sentences
-from dnfbot.generate import GenerationRequest, Passage
+from dnfbot.generate import GenerationRequest
 
 # The extractive scorer's own constants and windowing: CachedExtractiveGenerator only caches, it scores alike.
 from dnfbot.generate.extractive import (
@@ -26,7 +26,6 @@ from dnfbot.generate.extractive import (
     _window,
 )
 from dnfbot.rag import RAG
-from dnfbot.retrieval.sparse import Hit
 from dnfbot.retrieval.tokenizer import char_bigrams
 
 CACHE_ENTRIES = 8192
@@ -99,6 +98,9 @@ class CachedExtractiveGenerator(ExtractiveGenerator):
     def has(self, text: str) -> bool:
         return text in self._cache
 
+    def wants_spans(self, passage_text: str) -> bool:
+        return not self.has(passage_text)  # analysed once; later answers need no stored spans
+
     def select(self, request: GenerationRequest) -> list[tuple[float, int, int, str]]:
         weights = request.term_weights or {t: 1.0 for t in self.tokenizer.tokenize(request.question)}
         total = sum(weights.values()) or 1.0
@@ -145,22 +147,6 @@ def _analysis(text: str, spans: list[tuple[str, int, int]]) -> _Analysis:
     return _Analysis(spans, tuple(sentences))
 
 
-class ServeRAG(RAG):
-    """The RAG for a long-running server: a passage's stored Kiwi spans (a file read + JSON decode per passage
-    per request, a third of an extractive /ask) are read only when the generator will use them — never for
-    hf/openai, and for the cached extractive one only for passages it has not analysed yet."""
-
-    def _passage(self, h: Hit) -> Passage:
-        gen = self.generator
-        needs_spans = isinstance(gen, ExtractiveGenerator) and not (
-            isinstance(gen, CachedExtractiveGenerator) and gen.has(h.chunk.text)
-        )
-        if needs_spans:
-            return super()._passage(h)
-        c = h.chunk
-        return Passage(c.chunk_id, c.doc_id, c.title, c.part, c.text, h.score)
-
-
 @dataclass
 class Backends:
     """RAGs by back-end name over one shared index; `default` answers when a request names none."""
@@ -202,9 +188,9 @@ def open_backends(
     base = open_rag(index_dir, config, backend, mode, **gen_overrides)
     name = base.settings.generation.backend
     # Both share the index, settings and retriever (sparse, dense or hybrid as configured).
-    rag = ServeRAG(base.index, base.settings, base.generator, base.retriever)
+    rag = RAG(base.index, base.settings, base.generator, base.retriever)
     cached = CachedExtractiveGenerator(base.settings.answer.max_sentences, base.index.tokenizer)
-    extractive = ServeRAG(base.index, base.settings, cached, base.retriever)
+    extractive = RAG(base.index, base.settings, cached, base.retriever)
     rags = {"extractive": extractive}
     models: dict[str, str | None] = {"extractive": None}
     if name != "extractive":

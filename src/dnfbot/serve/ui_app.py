@@ -16,6 +16,7 @@ import streamlit as st
 
 from dnfbot import NO_INFO_ANSWER
 from dnfbot.errors import DnfbotError
+from dnfbot.rag import is_refusal
 from dnfbot.serve.ui_support import (
     ALL,
     CATEGORY1,
@@ -135,7 +136,7 @@ def answer(rag, question: str, filters, history: list[dict], label: str) -> dict
 
         st.write_stream(shown())
         text = "".join(parts).strip()
-        if not text or NO_INFO_ANSWER in text:  # the model itself found nothing usable
+        if is_refusal(text):  # the model itself found nothing usable
             st.info(NO_INFO_HINT, icon="🔎")
             return dict(msg, content=NO_INFO_ANSWER)
         show_sources(sources)
