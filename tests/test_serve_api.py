@@ -78,7 +78,7 @@ def test_healthz_models_search_ask(url):
         and a["sources"][0]["title"] == "노블레스 코드 더스크 리뷰"
     )
     a = httpx.post(url + "/ask", json={"question": "오늘 서울 날씨 어때?"}).json()
-    assert a == {"answer": NO_INFO_ANSWER, "answered": False, "sources": []}
+    assert a == {"answer": NO_INFO_ANSWER, "answered": False, "sources": [], "sentences": []}
 
 
 def test_ask_filters_and_history(url):

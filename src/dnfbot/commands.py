@@ -342,7 +342,15 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                 r["trailing_like_count"]["action"],
                 [],
             ),
+            (
+                "glued sentences",
+                r["glued_sentences"]["count"] + r["glued_sentences"]["bullets"],
+                r["glued_sentences"]["action"],
+                [],
+            ),
         ]
+        for kind, n in sorted(r["page_furniture"]["sentences"].items()):
+            rows.append((f"{kind} sentences", n, r["page_furniture"]["action"], []))
         for kind, v in r["invisible_characters"]["kinds"].items():
             rows.append((kind, v["articles"], r["invisible_characters"]["action"], v["ids"]))
         lm = r["label_mismatch"]
@@ -421,6 +429,99 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from dnfbot.eval.retrieval import format_report
 
         out.print(format_report(report))
+
+    @evals.command("answers")
+    def eval_answers(
+        queries: list[Path] = typer.Option(
+            None, "--queries", help="question sets (default: eval/players.jsonl and eval/dev.jsonl)"
+        ),
+        followups: Path = typer.Option(
+            Path("eval/followups.jsonl"), "--followups", help="two-turn conversations ('' to skip)"
+        ),
+        split: str = typer.Option(
+            "test", "--split", help="tune | test | all (items without a split always count)"
+        ),
+        calibrate: bool = typer.Option(
+            False, "--calibrate", help="search min_coverage on the tune split (false refusals <= 5%)"
+        ),
+        mode: str = ModeOpt,
+        index_dir: Path = IndexDir,
+        config: Path = ConfigOpt,
+        json_out: bool = JsonOpt,
+    ):
+        """What a player reads: answer-hit, refusals and readability, per kind of question."""
+        from dnfbot.eval.answers import (
+            calibrate_answers,
+            evaluate_answers,
+            evaluate_followups,
+            format_answers_report,
+            load_followups,
+        )
+        from dnfbot.eval.retrieval import load_devset
+
+        if split not in ("tune", "test", "all"):
+            raise InputError(f"--split: expected tune, test or all, not '{split}'")
+        sets = queries or [Path("eval/players.jsonl"), Path("eval/dev.jsonl")]
+        rag = open_rag(index_dir, config, mode=mode)
+        which = None if split == "all" else split
+        reports = {}
+        for path in sets:
+            items = load_devset(path)
+            reports[path.name] = evaluate_answers(rag, items, which)
+            if calibrate:
+                reports[path.name]["calibration"] = calibrate_answers(rag, items)
+        if followups and str(followups):
+            reports[followups.name] = evaluate_followups(rag, load_followups(followups), which)
+        if json_out:
+            emit_json({"split": split, "min_coverage": rag.settings.answer.min_coverage, "sets": reports})
+            return
+        for name, r in reports.items():
+            out.print(format_answers_report(f"{name} ({split})", r))
+            if r.get("calibration"):
+                c = r["calibration"]
+                out.print(
+                    f"  calibrated min_coverage on the tune split: {c['threshold']} → refusal accuracy "
+                    f"{c['refusal_accuracy']:.3f}, false refusals {c['false_refusal']:.3f}"
+                )
+
+    @groups["train"].command("ranker")
+    def train_ranker(
+        queries: list[Path] = typer.Option(
+            None, "--queries", help="question sets (default: eval/players.jsonl and eval/dev.jsonl)"
+        ),
+        out_path: Path = typer.Option(
+            None, "--out", help="where to write the model (default: the packaged data/ranker.json)"
+        ),
+        l2: float = typer.Option(0.001, "--l2", min=0.0, help="pull towards the hand-tuned weights"),
+        index_dir: Path = IndexDir,
+        config: Path = ConfigOpt,
+        json_out: bool = JsonOpt,
+    ):
+        """Train the answer-sentence ranker on the tune split (seconds, numpy only); report the test split."""
+        from importlib import resources
+
+        from dnfbot.eval.retrieval import load_devset
+        from dnfbot.train import ranker
+
+        items = [
+            it
+            for path in (queries or [Path("eval/players.jsonl"), Path("eval/dev.jsonl")])
+            for it in load_devset(path)
+        ]
+        rag = open_rag(index_dir, config)
+        model = ranker.train(
+            rag, [it for it in items if it.split != "test"], [it for it in items if it.split == "test"], l2=l2
+        )
+        target = out_path or Path(str(resources.files("dnfbot").joinpath("data/ranker.json")))
+        ranker.save(model["weights"], target, {"report": model["report"]})
+        if json_out:
+            emit_json({"out": str(target), **model["report"]})
+        else:
+            r = model["report"]
+            out.print(
+                f"wrote {target}: top-1 right sentence on the tune split {r['top1_hand_tune']:.3f} (hand) → "
+                f"{r['top1_tune']:.3f}; held out {r.get('top1_hand_held_out', 0):.3f} → {r.get('top1_held_out', 0):.3f}"
+            )
 
     @bench.command("retrieval")
     def bench_retrieval(

@@ -47,10 +47,20 @@ class RetrievalSettings(_Section):
 
 class AnswerSettings(_Section):
     max_sentences: int = Field(3, ge=1, le=10)
-    top_chunks: int = Field(3, ge=1, le=20)
-    # Share of the question's IDF mass that the evidence must cover; calibrated on eval/dev.jsonl
-    # (`dnfbot eval retrieval --calibrate`). Below it the bot says it has no information.
-    min_coverage: float = Field(0.5, ge=0.0, le=1.0)
+    top_chunks: int = Field(3, ge=1, le=20, description="articles whose chunks the answer is drawn from")
+    chunks_per_article: int = Field(8, ge=1, le=50, description="chunks of one article read, nearest first")
+    # Share of the question's weight that one window of sentences must cover; calibrated on the tune half of
+    # eval/ (`dnfbot eval answers --calibrate`). Below it the bot says it has no information.
+    min_coverage: float = Field(0.57, ge=0.0, le=1.0)
+    window: int = Field(5, ge=1, le=20, description="sentences the question's terms must occur within")
+    bigram_share: float = Field(0.3, ge=0.0, le=1.0, description="weight of character bigrams in coverage")
+    unknown_weight: float = Field(4.0, ge=0.0, description="weight of a question term the guides never use")
+    unit_penalty: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="coverage lost when the question asks for a number/unit the window lacks",
+    )
     max_query_chars: int = Field(2000, ge=10)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dnfbot.errors import InputError
@@ -18,6 +18,14 @@ class DevItem:
     gold_doc_ids: list[str]
     answer: str | None
     answerable: bool
+    answer_alts: list[str] = field(default_factory=list)  # other wordings of the answer that also count
+    kind: str = ""  # guide | slang | unanswerable | offtopic | chitchat ("" in older sets)
+    split: str = ""  # tune | test ("" = both)
+    evidence: str | None = None  # the sentence of a gold article that holds the answer
+
+    @property
+    def answers(self) -> list[str]:
+        return [a for a in [self.answer, *self.answer_alts] if a]
 
 
 def load_devset(path: str | Path) -> list[DevItem]:
@@ -30,7 +38,23 @@ def load_devset(path: str | Path) -> list[DevItem]:
         gold = [str(g) for g in r.get("gold_doc_ids") or []]
         if answerable and not gold:
             raise InputError(f"{where}: answerable question without 'gold_doc_ids'")
-        items.append(DevItem(str(r.get("id", i)), r["question"], gold, r.get("answer"), answerable))
+        alts = r.get("answer_alts") or []
+        if not isinstance(alts, list):
+            raise InputError(f"{where}: 'answer_alts' must be a list")
+        kind = str(r.get("kind") or ("guide" if answerable else "unanswerable"))
+        items.append(
+            DevItem(
+                str(r.get("id", i)),
+                r["question"],
+                gold,
+                r.get("answer"),
+                answerable,
+                [str(a) for a in alts],
+                kind,
+                str(r.get("split") or ""),
+                r.get("evidence"),
+            )
+        )
     if not items:
         raise InputError(f"{path}: empty dev set")
     return items
@@ -38,6 +62,12 @@ def load_devset(path: str | Path) -> list[DevItem]:
 
 def _norm(s: str) -> str:
     return "".join(s.split())
+
+
+def answer_hit(item: DevItem, ans) -> bool:
+    """Answered, and the answer text holds the gold answer (or one of its alternatives), spaces ignored."""
+    text = _norm(ans.answer)
+    return bool(ans.answered and any(_norm(a) in text for a in item.answers))
 
 
 def evaluate(rag, items: list[DevItem], k: int = 5, calibrate: bool = False) -> dict:
@@ -56,7 +86,7 @@ def evaluate(rag, items: list[DevItem], k: int = 5, calibrate: bool = False) -> 
         t = time.perf_counter()
         ans = rag.ask(it.question)
         lat_ask.append(time.perf_counter() - t)
-        hit = bool(ans.answered and it.answer and _norm(it.answer) in _norm(ans.answer))
+        hit = answer_hit(it, ans)
         per.append(
             {
                 "id": it.id,
@@ -90,13 +120,13 @@ def evaluate(rag, items: list[DevItem], k: int = 5, calibrate: bool = False) -> 
     return report
 
 
-def calibrate_threshold(per: list[dict], max_false_refusal: float = 0.10) -> dict:
+def calibrate_threshold(per: list[dict], max_false_refusal: float = 0.10, steps: int = 100) -> dict:
     """The coverage threshold with the best balanced accuracy whose false-refusal rate stays within bounds."""
     pos = [p["coverage"] for p in per if p["answerable"]]
     neg = [p["coverage"] for p in per if not p["answerable"]]
     best = None
-    for step in range(0, 101):
-        th = step / 100
+    for step in range(0, steps + 1):
+        th = round(step / steps, 4)
         fr = sum(c < th for c in pos) / max(1, len(pos))
         ra = sum(c < th for c in neg) / max(1, len(neg))
         if fr > max_false_refusal:

@@ -352,7 +352,7 @@ def create_app(
             "chunks": len(rag.index.chunks),
             "in_flight": gauge.in_flight,
             "max_concurrent": limits.max_concurrent,
-            "warm": {"cached": cache.cached(), "passages": len(rag.index.chunks)} if cache else None,
+            "warm": {"cached": len(cache), "passages": len(rag.index.chunks)},
         }
 
     @app.get("/v1/models")
