@@ -435,8 +435,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         queries: list[Path] = typer.Option(
             None, "--queries", help="question sets (default: eval/players.jsonl and eval/dev.jsonl)"
         ),
-        followups: Path = typer.Option(
-            Path("eval/followups.jsonl"), "--followups", help="two-turn conversations ('' to skip)"
+        followups: str = typer.Option(
+            "eval/followups.jsonl", "--followups", help="two-turn conversations ('' to skip)"
         ),
         split: str = typer.Option(
             "test", "--split", help="tune | test | all (items without a split always count)"
@@ -470,8 +470,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             reports[path.name] = evaluate_answers(rag, items, which)
             if calibrate:
                 reports[path.name]["calibration"] = calibrate_answers(rag, items)
-        if followups and str(followups):
-            reports[followups.name] = evaluate_followups(rag, load_followups(followups), which)
+        if followups:
+            reports[Path(followups).name] = evaluate_followups(rag, load_followups(followups), which)
         if json_out:
             emit_json({"split": split, "min_coverage": rag.settings.answer.min_coverage, "sets": reports})
             return
