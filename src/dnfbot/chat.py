@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dnfbot import NO_INFO_ANSWER
-from dnfbot.cli_util import out
+from dnfbot.console import out
 from dnfbot.errors import InputError
 from dnfbot.rag import is_refusal
 from dnfbot.retrieval.sparse import Filters

@@ -186,7 +186,7 @@ class EmbeddingCache:
 # --- building -----------------------------------------------------------------------------------------------
 def build_dense(build_dir: Path, chunks: list[Chunk], settings: DenseSettings, cache_dir: Path) -> dict:
     """Encode the chunks (reusing cached embeddings) and write build_dir/dense/{index.faiss, ids.json, meta.json}."""
-    from dnfbot.cli_util import progress
+    from dnfbot.console import progress
 
     faiss = _require("faiss")
 
