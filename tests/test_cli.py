@@ -12,10 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dnfbot import NO_INFO_ANSWER
-from dnfbot.cli import _register_areas, app
+from dnfbot.cli import app
 
 MINI = Path(__file__).parent / "fixtures" / "mini_guide.json"
-_register_areas()
 runner = CliRunner()
 
 
@@ -146,7 +145,7 @@ def test_index_dir_from_dnfbot_home(tmp_path, monkeypatch):
 
 def test_chat_filters_and_sources(built, capsys):
     from dnfbot.chat import parse_filter, run_chat
-    from dnfbot.commands import open_rag
+    from dnfbot.rag import open_rag
 
     _, index_dir = built
     f = parse_filter("직업 소드마스터")

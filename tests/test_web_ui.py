@@ -112,7 +112,7 @@ def test_page_answers_with_filters_sources_and_no_info_state(index_dir, monkeypa
 
 
 def test_page_offers_the_configured_backend_beside_extractive(index_dir, monkeypatch):
-    from dnfbot.serve.fake_openai import FakeOpenAI
+    from dnfbot.bench.fake_openai import FakeOpenAI
 
     with FakeOpenAI() as fake:
         at = _app(

@@ -11,26 +11,37 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dnfbot.config import Settings
-from dnfbot.eval.metrics import first_hit, latency_ms, mrr, recall
 from dnfbot.eval.retrieval import DevItem, load_devset
-from dnfbot.options import command_line, option
 
 SWEEP = (0.3, 0.5, 0.7, 0.8, 0.9)  # sparse weight; dense weight = 1 − sparse weight
 
 
+def _pcts(xs: list[float]) -> dict:
+    a = np.array(xs) * 1000
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95))}
+
+
 def _ranks(rankings: list[list[str]], items: list[DevItem], k: int) -> list[int]:
     """Per question: the 1-based rank of the first gold article in the top k, 0 if none."""
-    return [first_hit(docs, it.gold_doc_ids, k) for docs, it in zip(rankings, items, strict=True)]
+    return [
+        next((i for i, d in enumerate(docs[:k], 1) if d in it.gold_doc_ids), 0)
+        for docs, it in zip(rankings, items, strict=True)
+    ]
 
 
 def _quality(ranks: list[int]) -> dict:
-    return {"recall": recall(ranks), "mrr": mrr(ranks)}
+    r = np.array(ranks)
+    if r.size == 0:
+        return {"recall": 0.0, "mrr": 0.0}
+    return {
+        "recall": float((r > 0).mean()),
+        "mrr": float(np.where(r > 0, 1.0 / np.maximum(r, 1), 0.0).mean()),
+    }
 
 
 def cross_validated(rows: list[dict], folds: np.ndarray) -> dict:
@@ -71,7 +82,7 @@ def _variant(idx, dense, settings: Settings, **update):
 
 
 def bench_quality(paths: list[str], items: list[DevItem], settings: Settings, model: str, k: int = 5) -> dict:
-    from dnfbot.datasets.splits import assign_split
+    from dnfbot.datasets.pairs import assign_split
 
     s = _with_model(settings, model)
     answerable = [it for it in items if it.answerable]
@@ -152,7 +163,7 @@ def bench_latency(
         "dense_build": result.build.manifest["dense"],
         "chunks": result.build.manifest["chunks"],
         "queries": len(items) * rounds,
-        **{name: latency_ms(v) for name, v in lat.items()},
+        **{name: _pcts(v) for name, v in lat.items()},
         "hybrid_overhead_weighted_p50_ms": float(np.median(over_w) * 1000),
         "hybrid_overhead_rrf_p50_ms": float(np.median(over_r) * 1000),
     }
@@ -170,10 +181,12 @@ def bench_throughput(
     """Encoding throughput over the corpus chunks (the GPU check: a bge-m3-sized model at float16)."""
     import torch
 
-    from dnfbot.corpus import load_chunks
+    from dnfbot.corpus import load_corpus
+    from dnfbot.corpus.chunking import chunk_documents
     from dnfbot.retrieval.dense import encode, load_model, passage_text
 
-    texts = [passage_text(c) for c in load_chunks(paths, settings.chunk).chunks]
+    docs, _ = load_corpus(paths)
+    texts = [passage_text(c) for c in chunk_documents(docs, settings.chunk.size, settings.chunk.overlap)]
     m = load_model(model, device=device, dtype=dtype)
     if max_seq_length:
         m.max_seq_length = max_seq_length
@@ -202,48 +215,32 @@ def bench_throughput(
     }
 
 
-@dataclass
-class DenseBench:
-    """Hybrid vs sparse latency (encoding apart), dev-set quality side by side; or GPU encoding throughput."""
+def run_bench(
+    paths: list[str],
+    queries: Path,
+    settings: Settings,
+    *,
+    model: str,
+    small_model: str | None,
+    k: int = 5,
+    rounds: int = 5,
+    threads: int = 1,
+    write: bool = True,
+    command: str = "",
+) -> dict:
+    import torch
 
-    model: str = option(help="embedder for the quality table (e.g. the fine-tuned tiny one)")
-    small_model: str | None = option(None, "embedder for the latency table (default: --model)")
-    queries: Path = option(Path("eval/dev.jsonl"), "dev set JSONL")
-    corpus: list[Path] | None = option(None, "guide JSON, JSONL or folder; repeatable (default: the configured corpus)")
-    k: int = option(5, "cut-off for Recall@k and MRR@k")
-    rounds: int = option(5, "latency: passes over the dev questions")
-    threads: int = option(1, "torch CPU threads (0 = default)")
-    throughput_only: bool = option(False, "only encoding throughput (GPU check)")
-    device: str | None = option(None, "throughput: cuda | cpu")
-    dtype: str | None = option(None, "throughput: float16 | bfloat16 | float32")
-    batch_size: int = option(32, "encoding batch size")
-    max_seq_length: int | None = option(None, "truncate passages to this many tokens")
-    config: Path | None = option(None, "YAML settings file (see `dnfbot config`)")
+    if threads:
+        torch.set_num_threads(threads)
+    items = load_devset(queries)
+    latency = bench_latency(paths, items, settings, small_model or model, k, rounds)
+    quality = bench_quality(paths, items, settings, model, k)
+    md = to_markdown(latency, quality, k, len(items), paths, queries, threads, command)
+    if write:
+        from dnfbot.bench.report import update_section
 
-    @property
-    def section(self) -> str:
-        return "dense-throughput" if self.throughput_only else "dense"
-
-    def run(self) -> dict:
-        import torch
-
-        from dnfbot.config import load_settings
-
-        settings = load_settings(self.config)
-        paths = settings.corpus_paths(self.corpus)
-        command = command_line("dnfbot bench dense", self)
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        if self.throughput_only:
-            r = bench_throughput(
-                paths, settings, self.model, self.device, self.dtype, self.batch_size, self.max_seq_length
-            )
-            return {**r, "markdown": throughput_markdown(r, command)}
-        items = load_devset(self.queries)
-        latency = bench_latency(paths, items, settings, self.small_model or self.model, self.k, self.rounds)
-        quality = bench_quality(paths, items, settings, self.model, self.k)
-        md = to_markdown(latency, quality, self.k, len(items), paths, self.queries, self.threads, command)
-        return {"latency": latency, "quality": quality, "markdown": md}
+        update_section("dense", md)
+    return {"latency": latency, "quality": quality, "markdown": md}
 
 
 def to_markdown(

@@ -78,6 +78,14 @@ class AnswerFlags(SearchFlags):
     load_in_4bit: bool | None = option(None, "hf: load the model in 4-bit (bitsandbytes)", flag="--4bit/--no-4bit")
 
 
+def invocation() -> str:
+    """This process's command line, shell-quoted (benchmarks print the command that made their table)."""
+    import shlex
+    import sys
+
+    return "dnfbot " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
 def pick(options: dict, cls: type) -> dict:
     """The entries of `options` that are fields of `cls`."""
     names = {d.name for d in declared(cls)}

@@ -114,7 +114,7 @@ def load_qa(paths: list[str | Path]) -> list[dict]:
     out = []
     for path in paths:
         for where, r in _records(path):
-            rec = {k: requirerequire_text(r, k, where) for k in ("question", *KINDS)}
+            rec = {k: require_text(r, k, where) for k in ("question", *KINDS)}
             rec.update(
                 id=str(r.get("id") or _digest(rec["question"], rec["long"])),
                 doc_id=str(r.get("doc_id", "")),

@@ -75,14 +75,6 @@ def _with_overrides(rag, max_tokens: int | None, temperature: float | None):
     return r
 
 
-def _with_overrides(rag, max_tokens: int | None, temperature: float | None):
-    if max_tokens is None and temperature is None:
-        return rag
-    r = copy.copy(rag)  # shares the index; only the generator wrapper differs
-    r.generator = _Overrides(rag.generator, max_tokens, temperature)
-    return r
-
-
 def _sse(obj: dict | str) -> bytes:
     data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
     return f"data: {data}\n\n".encode()

@@ -28,7 +28,6 @@ from pathlib import Path
 from dnfbot.datasets.pairs import load_pairs
 from dnfbot.errors import InputError
 from dnfbot.io import atomic_write_json, iter_jsonl
-from dnfbot.options import option
 
 # Model shapes for `dnfbot model init-embedder --size`. small = all-MiniLM-L6-v2's shape; m3 = bge-m3's
 # (XLM-RoBERTa large) for the GPU throughput check: same layers/width/positions, polyglot-ko's vocabulary.
@@ -130,24 +129,20 @@ def _st_training():
 
 @dataclass
 class EmbedTrainConfig:
-    model: str = option(help="sentence-transformers model folder")
-    pairs: str = option(help="pairs JSONL from `dnfbot data pairs`")
-    out: str = option(help="output folder (final model + epoch-N checkpoints)")
-    epochs: int = option(3, "passes over the pairs")
-    batch_size: int = option(32, "pairs per batch: in-batch negatives per question = batch − 1")
-    lr: float = option(2e-5, "2e-5 for pretrained models; ~5e-3 for a random-init tiny one")
-    warmup_ratio: float = option(0.1, "share of the steps with linear warm-up")
-    scale: float = option(20.0, "similarity scale of the ranking loss (1 / temperature)")
-    max_seq_length: int | None = option(None, "truncate texts to this many tokens")
-    hard_negatives: bool = option(False, "add one BM25-mined negative per pair")
-    query_prefix: str = option("", "prepended to questions (the config's dense.query_prefix)", cli=False)
-    passage_prefix: str = option("", "prepended to passages (dense.passage_prefix)", cli=False)
-    seed: int = option(0, "random seed")
-    max_pairs: int | None = option(None, "use only the first N training pairs")
-
-    def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 2 or (self.max_pairs is not None and self.max_pairs < 2):
-            raise InputError("--epochs must be >= 1, --batch-size and --max-pairs >= 2")
+    model: str
+    pairs: str
+    out: str
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    scale: float = 20.0
+    max_seq_length: int | None = None
+    hard_negatives: bool = False
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    seed: int = 0
+    max_pairs: int | None = None
 
 
 def mine_bm25_negatives(pairs: list[dict], index) -> list[str | None]:

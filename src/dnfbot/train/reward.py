@@ -24,7 +24,7 @@ from dnfbot.io import write_jsonl
 from dnfbot.train.common import finish_run, start_run, trl_trainer
 from dnfbot.train.options import RMOptions
 
-__all__ = ["PAIR_FIELDS", "RMOptions", "pair_texts", "pairwise_accuracy", "run_reward", "score_pairs"]
+__all__ = ["PAIR_FIELDS", "RMOptions", "pair_texts", "pairwise_accuracy", "run_reward", "score_file", "score_pairs"]
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -174,3 +174,41 @@ def run_reward(
         title=f"Reward model LoRA adapter for {Path(str(model)).name}",
         usage=f"dnfbot reward score --model {model} --adapter {run.out} --data pairs.jsonl",
     )
+
+
+def score_file(
+    model: str,
+    adapter: str | os.PathLike | None,
+    data: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    batch_size: int = 8,
+    load_in_4bit: bool = False,
+) -> tuple[dict, list[dict]]:
+    """Score a file of {"prompt","response"} records — or of pairs, then with pairwise accuracy and margin.
+
+    Returns (summary, the records with their scores); `out` also writes those records as JSONL."""
+    from dnfbot.models import load_model
+    from dnfbot.train.common import load_records
+
+    pairs = "chosen" in load_records(data, ("prompt",), limit=1)[0]  # pairs, or single responses
+    records = load_records(data, PAIR_FIELDS if pairs else ("prompt", "response"))
+    m, tok = load_model(model, task="seq-cls", adapter=adapter, load_in_4bit=load_in_4bit)
+    res: dict = {"model": model, "adapter": str(adapter) if adapter else None, "records": len(records)}
+    if pairs:
+        acc = pairwise_accuracy(m, tok, records, batch_size=batch_size)
+        scored = [
+            {**r, "chosen_score": c, "rejected_score": s}
+            for r, c, s in zip(records, acc["chosen"], acc["rejected"], strict=True)
+        ]
+        res.update(accuracy=acc["accuracy"], margin=acc["margin"])
+        scores = acc["chosen"] + acc["rejected"]
+    else:
+        prompts, responses = [r["prompt"] for r in records], [r["response"] for r in records]
+        scores = score_pairs(m, tok, prompts, responses, batch_size=batch_size)
+        scored = [{**r, "score": s} for r, s in zip(records, scores, strict=True)]
+    res["mean_score"] = sum(scores) / len(scores)
+    if out:
+        write_jsonl(out, scored)
+        res["out"] = str(out)
+    return res, scored
