@@ -7,60 +7,35 @@ from pathlib import Path
 import typer
 
 from dnfbot.cli.options import (
-    CATEGORY1_OPT,
-    CATEGORY2_OPT,
-    CATEGORY3_OPT,
     CONFIG,
     JSON,
-    QUERIES,
     RUN_CONFIG,
     AnswerFlags,
+    QuestionFlags,
     SearchFlags,
     show,
     with_options,
 )
-from dnfbot.errors import InputError
 from dnfbot.train.options import GenerateOptions
 
 commands = typer.Typer()
 
 
-def _questions(question: str | None, queries: Path | None) -> list[str]:
-    from dnfbot.rag import read_questions
-
-    if queries:
-        return read_questions(queries)
-    if question is None:
-        raise InputError("give a question or --queries FILE")
-    return [question]
-
-
-def _filters(category1: str | None, category2: str | None, category3: str | None):
-    from dnfbot.retrieval.sparse import Filters
-
-    return Filters(category1 or None, category2 or None, category3 or None)
-
-
 @commands.command("search")
 @with_options(SearchFlags)
+@with_options(QuestionFlags, into="asked")
 def search(
     question: str = typer.Argument(None, help="질문"),
     k: int = typer.Option(5, "--k", min=1, max=100),
-    category1: str = CATEGORY1_OPT,
-    category2: str = CATEGORY2_OPT,
-    category3: str = CATEGORY3_OPT,
-    queries: Path = QUERIES,
     with_text: bool = typer.Option(False, "--with-text", help="include each passage's text in --json output"),
     json_out: bool = JSON,
+    asked: dict = None,
     options: dict = None,
 ):
     """Retrieve the best passages for a question (or a batch file of questions)."""
     from dnfbot.console import emit_json, out
-    from dnfbot.rag import open_rag
 
-    questions = _questions(question, queries)
-    rag = open_rag(**options)
-    filters = _filters(category1, category2, category3)
+    rag, filters, questions = QuestionFlags(**asked).open(question, options)
     for q in questions:
         hits = rag.search(q, k, filters)
         if json_out:
@@ -80,26 +55,21 @@ def search(
 
 @commands.command("ask")
 @with_options(AnswerFlags)
+@with_options(QuestionFlags, into="asked")
 def ask(
     question: str = typer.Argument(None, help="질문"),
-    category1: str = CATEGORY1_OPT,
-    category2: str = CATEGORY2_OPT,
-    category3: str = CATEGORY3_OPT,
-    queries: Path = QUERIES,
     json_out: bool = JSON,
+    asked: dict = None,
     options: dict = None,
 ):
     """Answer from the guides with sources — or say there is no information."""
     from dnfbot.console import emit_json, out
-    from dnfbot.rag import open_rag
 
-    questions = _questions(question, queries)
-    rag = open_rag(**options)
-    filters = _filters(category1, category2, category3)
+    rag, filters, questions = QuestionFlags(**asked).open(question, options)
     for q in questions:
         a = rag.ask(q, filters)
         if json_out:
-            emit_json(dict({"question": q} if queries else {}, **a.to_dict()))
+            emit_json(dict({"question": q} if asked.get("queries") else {}, **a.to_dict()))
             continue
         out.rule(q)
         out.print(a.answer if a.answered else f"[yellow]{a.answer}")

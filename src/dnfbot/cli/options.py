@@ -33,14 +33,6 @@ RUN_CONFIG = typer.Option(
 CORPUS = typer.Option(
     None, "--corpus", help="guide JSON, JSONL or folder; repeatable (default: the configured corpus)"
 )
-QUERIES = typer.Option(
-    None, "--queries", help='batch mode: JSONL file of {"question": ...}; one JSON line out per query'
-)
-CATEGORY1_OPT = typer.Option(None, "--category1", help=" | ".join(CATEGORY1))
-CATEGORY2_OPT = typer.Option(None, "--category2", help=f"{' | '.join(CATEGORY2)} (with {CATEGORY1[0]})")
-CATEGORY3_OPT = typer.Option(
-    None, "--category3", help="board, e.g. '[레이드] 아스라한 : 무의 장막' or a class name"
-)
 
 
 def group() -> typer.Typer:
@@ -84,6 +76,31 @@ def invocation() -> str:
     import sys
 
     return "dnfbot " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+@dataclass
+class QuestionFlags:
+    """What `search` and `ask` are asked: the filters, or a batch file instead of one question."""
+
+    category1: str | None = option(None, " | ".join(CATEGORY1))
+    category2: str | None = option(None, f"{' | '.join(CATEGORY2)} (with {CATEGORY1[0]})")
+    category3: str | None = option(None, "board, e.g. '[레이드] 아스라한 : 무의 장막' or a class name")
+    queries: Path | None = option(None, 'batch mode: JSONL file of {"question": ...}; one JSON line out per query')
+
+    def open(self, question: str | None, options: dict) -> tuple[Any, Any, list[str]]:
+        """(the guide RAG opened with `options`, the filters, the questions)."""
+        from dnfbot.errors import InputError
+        from dnfbot.rag import open_rag, read_questions
+        from dnfbot.retrieval.sparse import Filters
+
+        if self.queries:
+            questions = read_questions(self.queries)
+        elif question is None:
+            raise InputError("give a question or --queries FILE")
+        else:
+            questions = [question]
+        filters = Filters(self.category1 or None, self.category2 or None, self.category3 or None)
+        return open_rag(**options), filters, questions
 
 
 def pick(options: dict, cls: type) -> dict:

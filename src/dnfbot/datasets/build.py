@@ -16,7 +16,7 @@ Every builder does the same three things, deterministically (same inputs → byt
 Formats (see docs/synth.md):
 - SFT: {"prompt": "### 질문: {q}\\n\\n### 답변: ", "completion": answer, "text": prompt + answer + eos, …};
   answers chosen with `kinds` (long/medium/short, one record each), optionally passage records
-  ("'{subject}'에 대한 설명 혹은 이야기입니다." → the passage) as the original project mixed in.
+  ("'{subject}'에 대한 설명 혹은 이야기입니다." → the passage), which teach the model the guides' own wording.
 - RM: ranking records {"prompt", "completion_0", "completion_1", "completion_2", "ranking"} (KoChatGPT's reward
   format; ranking[i] is completion_i's rank, 0 = best) and pairwise {"prompt", "chosen", "rejected"}: the three
   pairs (best, middle), (best, worst), (middle, worst) of every ranking record. "prompt" is the bare question.
@@ -336,18 +336,11 @@ def build_sft(
             )
             n_passage += 1
     n_own = len(rows)
-    imported, removed_imp, report = _imports(imports, import_sft, o.dedup_threshold)
-    for r in take_imports(imported, n_own, o.import_ratio):
-        rows.append(
-            sft_record(
-                r["question"],
-                r["completion"],
-                id=f"import:{_digest(r['question'])}",
-                source=r["source"],
-                doc_id="",
-                split=assign_split(split_key(r, "question"), o.valid_fraction),
-            )
-        )
+    imported, removed_imp, report = _imports(imports, import_sft, o, n_own)
+    rows += [
+        sft_record(r["question"], r["completion"], id=r["id"], source=r["source"], doc_id="", split=r["split"])
+        for r in imported
+    ]
     summary = _write(out, rows, o.split_files)
     return {
         **summary,
@@ -362,15 +355,21 @@ def build_sft(
     }
 
 
-def _imports(paths: list[str | Path], read, dedup_threshold: float) -> tuple[list[dict], int, ImportReport]:
-    """Records of every import file, de-duplicated; (records, duplicates removed, skipped-records report)."""
+def _imports(paths: list[str | Path], read, o: Any, n_own: int) -> tuple[list[dict], int, ImportReport]:
+    """The imported records to mix in beside `n_own` own ones (de-duplicated, `o.import_ratio` per own record),
+    each with an "id" and a "split" (by question: an import has no article); (records, duplicates removed,
+    skipped-records report)."""
     imported, report = [], ImportReport()
     for path in paths:
         imported += read(path, report)
     if not imported:
         return [], 0, report
-    kept, removed = dedup(imported, dedup_threshold)
-    return kept, removed, report
+    kept, removed = dedup(imported, o.dedup_threshold)
+    taken = [
+        {**r, "id": f"import:{_digest(r['question'])}", "split": assign_split(split_key(r, "question"), o.valid_fraction)}
+        for r in take_imports(kept, n_own, o.import_ratio)
+    ]
+    return taken, removed, report
 
 
 # --- reward model ------------------------------------------------------------------------------------------------
@@ -435,18 +434,11 @@ def build_rm(
             )
         )
     n_own = len(ranked)
-    imported, removed_imp, report = _imports(imports, import_rm, o.dedup_threshold)
-    for r in take_imports(imported, n_own, o.import_ratio):
-        ranked.append(
-            ranking_record(
-                r["question"],
-                r["completions"],
-                r["ranking"],
-                id=f"import:{_digest(r['question'])}",
-                source=r["source"],
-                split=assign_split(split_key(r, "question"), o.valid_fraction),
-            )
-        )
+    imported, removed_imp, report = _imports(imports, import_rm, o, n_own)
+    ranked += [
+        ranking_record(r["question"], r["completions"], r["ranking"], id=r["id"], source=r["source"], split=r["split"])
+        for r in imported
+    ]
     if not ranked:
         raise InputError("no ranking records: give --qa FILE and/or --import FILE")
     pairs = [p for rec in ranked for p in pairs_from_ranking(rec)]
@@ -484,11 +476,9 @@ def build_ppo(
         split = assign_split(split_key(r, o.split_by), o.valid_fraction)
         if o.questions in ("all", split):
             own.append({"prompt": r["question"], "source": r["source"], "split": split})
-    imported, removed_imp, report = _imports(imports, import_prompts, o.dedup_threshold)
-    taken = [
-        {"prompt": r["question"], "source": r["source"], "split": "train"}
-        for r in take_imports(imported, len(own), o.import_ratio)
-    ]
+    imported, removed_imp, report = _imports(imports, import_prompts, o, len(own))
+    # imported prompts are all for training: the held-out ones are our own questions
+    taken = [{"prompt": r["question"], "source": r["source"], "split": "train"} for r in imported]
     if o.limit is not None and len(own) + len(taken) > o.limit:
         share = len(own) / (len(own) + len(taken))
         n_own = min(len(own), round(o.limit * share))

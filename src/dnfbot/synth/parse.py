@@ -58,10 +58,6 @@ def get_kiwi():
     return _kiwi
 
 
-def count_sentences(text: str) -> int:
-    return len(get_kiwi().split_into_sents(text))
-
-
 def is_korean(text: str) -> bool:
     letters = [c for c in text if c.isalpha()]
     if not letters:

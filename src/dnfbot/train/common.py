@@ -113,12 +113,15 @@ def start_run(
     *,
     fields: Iterable[str],
     task: str,
-    eval_data: str | os.PathLike | None,
-    resume: bool,
-    overwrite: bool,
-    echo: bool,
+    eval_data: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    echo: bool = True,
 ) -> Run:
-    """Data (the file's split honoured, or `eval_data`), run dir, and the base model with a fresh LoRA adapter."""
+    """Data (the file's split honoured, or `eval_data`), run dir, and the base model with a fresh LoRA adapter.
+
+    resume: continue from the last complete checkpoint in `out`; overwrite: delete earlier checkpoints first;
+    echo: progress lines on stderr."""
     from dnfbot.datasets.splits import train_valid
     from dnfbot.models import add_lora, default_lora_config, load_model
 

@@ -185,7 +185,7 @@ ALGOS = ("ppo", "grpo", "rloo")
 
 @dataclass
 class GenerateOptions(ModelOptions, DecodeOptions):
-    """`generate:` — decoding for `dnfbot generate` (the original's beam search by default)."""
+    """`generate:` — decoding for `dnfbot generate` (beam search by default: deterministic, fluent answers)."""
 
 
 STAGES: dict[str, type] = {

@@ -99,54 +99,32 @@ def pairwise_accuracy(model: Any, tokenizer: Any, records: list[dict], *, batch_
     }
 
 
-def make_trainer(
-    model: Any,
-    tokenizer: Any,
-    train_ds: Any,
-    eval_ds: Any,
-    out: Path,
-    opts: RMOptions,
-    *,
-    callbacks: list | tuple = (),
-) -> Any:
-    """A RewardTrainer with our options (the model already carries its LoRA adapter and score head)."""
-    from trl import RewardConfig, RewardTrainer
-
-    return trl_trainer(RewardTrainer, RewardConfig, model, tokenizer, train_ds, eval_ds, out, opts, callbacks, center_rewards_coefficient=opts.center_rewards_coefficient)
-
-
 def run_reward(
     model: str,
     data: str | os.PathLike,
     out: str | os.PathLike,
     *,
     options: RMOptions | None = None,
-    eval_data: str | os.PathLike | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
     callbacks: list | tuple = (),
-    echo: bool = True,
+    **run_args: Any,
 ) -> dict:
     """Train a reward-model LoRA adapter on {"prompt","chosen","rejected"} pairs; returns the run summary.
 
-    Validation pairs: `eval_data`, else the file's split (datasets/splits.py). The summary's `valid_accuracy` is
-    the share of validation pairs ranked chosen > rejected."""
+    run_args: eval_data, resume, overwrite, echo (see train.common.start_run). Validation pairs: `eval_data`,
+    else the file's split (datasets/splits.py). The summary's `valid_accuracy` is the share of validation pairs
+    ranked chosen > rejected."""
+    from trl import RewardConfig, RewardTrainer
+
     opts = options or RMOptions()
-    run = start_run(
-        "rm", model, data, out, opts, fields=PAIR_FIELDS, task="seq-cls",
-        eval_data=eval_data, resume=resume, overwrite=overwrite, echo=echo,
-    )  # fmt: skip
+    run = start_run("rm", model, data, out, opts, fields=PAIR_FIELDS, task="seq-cls", **run_args)
     tok = run.tokenizer
     eos = tok.eos_token or EOS
-    trainer = make_trainer(
-        run.model,
-        tok,
-        build_pair_dataset(run.train, eos),
-        build_pair_dataset(run.valid, eos) if run.valid else None,
-        run.out,
-        opts,
-        callbacks=[run.callback, *callbacks],
-    )
+    train_ds = build_pair_dataset(run.train, eos)
+    valid_ds = build_pair_dataset(run.valid, eos) if run.valid else None
+    trainer = trl_trainer(
+        RewardTrainer, RewardConfig, run.model, tok, train_ds, valid_ds, run.out, opts, [run.callback, *callbacks],
+        center_rewards_coefficient=opts.center_rewards_coefficient,
+    )  # fmt: skip
     valid = None
     with run.training():
         result = trainer.train(resume_from_checkpoint=run.resume_from)

@@ -63,20 +63,15 @@ def run_sft(
     out: str | os.PathLike,
     *,
     options: SFTOptions | None = None,
-    eval_data: str | os.PathLike | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
     callbacks: list | tuple = (),
-    echo: bool = True,
+    **run_args: Any,
 ) -> dict:
     """Train a LoRA adapter on `data`; writes adapter, tokenizer, README.md, metrics.jsonl, summary.json to `out`.
 
-    Returns the run summary (what `--json` prints)."""
+    run_args: eval_data, resume, overwrite, echo (see train.common.start_run). Returns the run summary (what
+    `--json` prints)."""
     opts = options or SFTOptions()
-    run = start_run(
-        "sft", model, data, out, opts, fields=("prompt", "completion"), task="causal-lm",
-        eval_data=eval_data, resume=resume, overwrite=overwrite, echo=echo,
-    )  # fmt: skip
+    run = start_run("sft", model, data, out, opts, fields=("prompt", "completion"), task="causal-lm", **run_args)
     trainer = make_trainer(
         run.model,
         run.tokenizer,

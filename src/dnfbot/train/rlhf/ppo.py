@@ -281,18 +281,15 @@ def _mean(xs: list[float]) -> float:
 def run_ppo(
     opts: PPOOptions,
     *,
-    prompts: str | Path,
-    out_dir: str | Path,
-    sft_adapter: str | Path | None = None,
-    reward_adapter: str | Path | None = None,
-    resume: bool = True,
     on_step: Callable[[int, dict], None] | None = None,
     show_progress: bool = True,
+    **run_args: Any,
 ) -> dict[str, Any]:
-    """Train; returns (and writes to OUT/summary.json) the run summary. Re-running with the same OUT resumes."""
+    """Train; returns (and writes to OUT/summary.json) the run summary. Re-running with the same OUT resumes.
+
+    run_args: prompts, out_dir, sft_adapter, reward_adapter, resume (see rlhf.run.start_run)."""
     run = start_run(
-        opts, prompts=prompts, out_dir=out_dir, sft_adapter=sft_adapter, reward_adapter=reward_adapter,
-        resume=resume, find_checkpoint=latest_checkpoint, with_reference=True,
+        opts, **run_args, find_checkpoint=latest_checkpoint, with_reference=True,
         gradient_checkpointing=opts.gradient_checkpointing,
     )  # fmt: skip
     models, train_items = run.models, run.train_items

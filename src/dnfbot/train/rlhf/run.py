@@ -93,14 +93,17 @@ def start_run(
     *,
     prompts: str | Path,
     out_dir: str | Path,
-    sft_adapter: str | Path | None,
-    reward_adapter: str | Path | None,
-    resume: bool,
+    sft_adapter: str | Path | None = None,
+    reward_adapter: str | Path | None = None,
+    resume: bool = True,
     find_checkpoint: Callable[[Path], Path | None],
     with_reference: bool,
     gradient_checkpointing: bool,
 ) -> Run:
-    """Validate, refuse to mix runs, load prompts and models, split held-out prompts, write config.json."""
+    """Validate, refuse to mix runs, load prompts and models, split held-out prompts, write config.json.
+
+    sft_adapter: the policy starts from it (else a fresh LoRA); reward_adapter: the reward model's LoRA on the
+    same base; resume: continue from the last complete checkpoint in `out_dir` (else refuse to mix runs)."""
     opts.validate()
     out = Path(out_dir)
     found = find_checkpoint(out)

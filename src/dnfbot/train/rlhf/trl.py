@@ -116,17 +116,10 @@ def _trl_config(cfg: PPOOptions, out: Path) -> Any:
 
 
 def run_trl_rl(
-    opts: PPOOptions,
-    *,
-    prompts: str | Path,
-    out_dir: str | Path,
-    sft_adapter: str | Path | None = None,
-    reward_adapter: str | Path | None = None,
-    resume: bool = True,
-    show_progress: bool = True,
+    opts: PPOOptions, *, show_progress: bool = True, **run_args: Any
 ) -> dict[str, Any]:
     """Train with TRL's GRPO or RLOO (`opts.algo`); the same outputs as `run_ppo` (summary.json, eval_*.jsonl,
-    adapter/)."""
+    adapter/). run_args: prompts, out_dir, sft_adapter, reward_adapter, resume (see rlhf.run.start_run)."""
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOTrainer, RLOOTrainer
@@ -139,8 +132,7 @@ def run_trl_rl(
         )
     # no "ref" adapter of ours: TRL adds its own frozen copy of the policy adapter under that name
     run = start_run(
-        opts, prompts=prompts, out_dir=out_dir, sft_adapter=sft_adapter, reward_adapter=reward_adapter,
-        resume=resume, find_checkpoint=lambda out: last_complete_checkpoint(out / "trl"), with_reference=False,
+        opts, **run_args, find_checkpoint=lambda out: last_complete_checkpoint(out / "trl"), with_reference=False,
         gradient_checkpointing=False,
     )  # fmt: skip
     models, out, ckpt, cfg = run.models, run.out, run.checkpoint, opts
