@@ -15,12 +15,11 @@ import sys
 import streamlit as st
 
 from dnfbot import NO_INFO_ANSWER
+from dnfbot.corpus.vocabulary import CATEGORY1, CATEGORY2
 from dnfbot.errors import DnfbotError
 from dnfbot.rag import is_refusal
 from dnfbot.serve.ui_support import (
     ALL,
-    CATEGORY1,
-    CATEGORY2,
     backend_label,
     board_label,
     category_tree,
