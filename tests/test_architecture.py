@@ -47,6 +47,32 @@ def _area(module: str) -> str:
     return module.split(".")[1] if "." in module else ""
 
 
+# docs/architecture.md: each area may import its own layer and the ones below, never one above.
+LAYERS = [
+    {"", "errors", "io", "options", "console", "formats", "config", "models", "conversation"},
+    {"corpus"},
+    {"retrieval"},
+    {"generate"},
+    {"rag"},
+    {"synth", "datasets"},
+    {"train", "eval"},
+    {"serve", "chat"},
+    {"bench"},
+    {"cli", "__main__"},
+]
+LAYER = {area: i for i, areas in enumerate(LAYERS) for area in areas}
+
+
+def test_every_area_has_a_layer_and_imports_only_downwards():
+    bad = []
+    for name, tree in _modules():
+        assert _area(name) in LAYER, f"{name}: add its area to LAYERS (and to docs/architecture.md)"
+        for line, target, _ in _imports(tree):
+            if LAYER[_area(target)] > LAYER[_area(name)]:
+                bad.append(f"{name}:{line} imports {target}, a layer above it")
+    assert not bad, "\n".join(bad)
+
+
 def test_no_import_runs_back_up_the_layers():
     bad = []
     for name, tree in _modules():

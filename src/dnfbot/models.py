@@ -4,9 +4,9 @@
   SOLAR) with the real polyglot-ko tokenizer, so tests and demos exercise the same code paths as the 1.3B-12.8B
   models without downloading weights.
 - `load_model` is the one loader used by SFT, RM, PPO, generation and merging: local path or hub id, optional
-  4-bit (nf4 + double quantisation + bf16 compute, the original QLoRA set-up), optional LoRA adapter, causal LM or
+  4-bit (nf4 + double quantisation + bf16 compute: QLoRA's recipe), optional LoRA adapter, causal LM or
   1-label sequence classifier (reward model). Safetensors only; `trust_remote_code` off unless asked.
-- `default_lora_config` holds the original hyper-parameters (r=8, alpha=32, dropout 0.05) with target modules
+- `default_lora_config` holds the default hyper-parameters (r=8, alpha=32, dropout 0.05) with target modules
   chosen by architecture.
 
 LoRA layout note (PPO relies on it): `XForCausalLM` and `XForSequenceClassification` share the backbone module

@@ -3,7 +3,7 @@
 Every verb is in this package, one module per group (GROUPS below names them all); the top-level verbs are in
 ask.py (search, ask, chat, generate, config) and serve.py (serve, ui). A group's module is imported when the group
 is used — `dnfbot --help` imports none of them, and a verb imports torch & co. only inside its body — and an
-import error in one is an error, never a silently missing group (tests/test_cli.py runs every verb's --help).
+import error in one is an error, never a silently missing group (tests/test_architecture.py runs every verb's --help).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
     dnfbot generate --model ./polyglot-ko-1.3b --adapter runs/sft "피로도는 언제 회복되나요?"
     dnfbot ask "무의 장막 신수 추천" --backend hf --model ./eeve-10.8b --adapter runs/eeve-rag-sft
 
-Decoding defaults are the original project's: beam search (3 beams), no_repeat_ngram_size 4, top_p 0.9,
-max_new_tokens 256. Beam search cannot stream token by token (transformers refuses a streamer with beams), so a
+Decoding defaults: beam search (3 beams) for a deterministic, fluent answer, no_repeat_ngram_size 4 so that a
+small model cannot loop, top_p 0.9 (with --sample), max_new_tokens 256. Beam search cannot stream token by token (transformers refuses a streamer with beams), so a
 multi-beam answer arrives in one piece; greedy / sampling (num_beams=1) streams through TextIteratorStreamer.
 Prompts use the project's '### 질문: …\\n\\n### 답변:' format (dnfbot.formats) — the exact text SFT trained on —
 or the tokenizer's chat template when the model has one (see generate.prompting.render_for_tokenizer).
@@ -31,7 +31,7 @@ STOP_STRINGS = ["\n### ", "### 질문", QUESTION_TAG.strip()]
 
 @dataclass
 class DecodeOptions:
-    """Decoding settings (the original notebook's defaults)."""
+    """Decoding settings (the `generate:` section of a run config; the flags of `dnfbot generate`)."""
 
     panel = "Decoding"
     max_new_tokens: int = option(256, "answer budget in tokens")
@@ -182,7 +182,7 @@ class HFGenerator(Generator):
         sample = request.temperature > 0
         return DecodeOptions(
             max_new_tokens=request.max_new_tokens,
-            num_beams=1,  # stream in chat; `dnfbot generate` keeps the original beam search
+            num_beams=1,  # beams cannot stream token by token; `dnfbot generate` keeps beam search
             do_sample=sample,
             temperature=request.temperature if sample else 1.0,
         )

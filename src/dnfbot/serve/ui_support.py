@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from dnfbot.corpus.vocabulary import CATEGORY1, CATEGORY2
+from dnfbot.corpus.vocabulary import CATEGORY2
 from dnfbot.retrieval.sparse import Filters
 
 ALL = "전체"

@@ -76,7 +76,7 @@ class TrainerOptions(LoraOptions, ModelOptions):
     warmup_steps: int = option(0, "steps of linear learning-rate warm-up")
     lr_scheduler: str = option("linear", "transformers scheduler: linear | cosine | constant | …")
     weight_decay: float = option(0.0, "AdamW weight decay")
-    optim: str = option("adamw_torch", "optimizer (the original used paged_adamw_8bit on GPU: see configs/)")
+    optim: str = option("adamw_torch", "optimizer (GPU configs use paged_adamw_8bit: 8-bit state, see configs/)")
     logging_steps: int = option(10, "log every N steps")
     save_steps: int = option(200, "checkpoint every N steps")
     save_total_limit: int = option(2, "checkpoints kept")

@@ -10,8 +10,8 @@ Here the eos is part of the completion and is learnt.
 
 Packing (`packing=True`) puts several examples into one row of `max_length` tokens with best-fit-decreasing and
 resets positions at each example; attention never crosses examples (position-id based masks), and no compute
-is spent on padding. Defaults follow the original set-up: LoRA r=8, alpha=32, dropout 0.05, lr 1e-4, target
-modules by architecture, optional 4-bit nf4 base (QLoRA).
+is spent on padding. Defaults (train/options.py): LoRA r=8, alpha=32, dropout 0.05, lr 1e-4 on the attention
+projections, optional 4-bit nf4 base (QLoRA) — small enough for one GPU on the large bases.
 """
 
 from __future__ import annotations
