@@ -76,7 +76,8 @@ def test_sft_is_what_the_sft_trainer_loads(tmp_path):
     s = build_sft([write_qa(tmp_path / "qa.jsonl", recs)], out, valid_fraction=0.2)
     loaded = load_records(out, ("prompt", "completion"))
     split = train_valid(loaded, 0.05)
-    assert len(split.valid) == s["valid"] > 0 and len(split.train) == s["train"] > 0  # our split field is honoured
+    # our split field is honoured
+    assert len(split.valid) == s["valid"] > 0 and len(split.train) == s["train"] > 0
 
 
 def test_sft_passages_and_imports(tmp_path, guide_corpus_path):

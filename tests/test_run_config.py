@@ -60,7 +60,9 @@ def test_bad_keys_name_the_key_and_the_file(tmp_path, text, needle):
 
 def test_summary_json_reproduces_the_run(tmp_path):
     f = tmp_path / "run.yaml"
-    f.write_text("model: m\nload_in_4bit: true\nlora: {r: 4}\nsft: {lr: 3.0e-4, packing: true}\n", encoding="utf-8")
+    f.write_text(
+        "model: m\nload_in_4bit: true\nlora: {r: 4}\nsft: {lr: 3.0e-4, packing: true}\n", encoding="utf-8"
+    )
     opts = load_options("sft", f, {"max_steps": 5})
     summary = tmp_path / "summary.json"
     summary.write_text(json.dumps({"output_dir": "run", "config": run_config("sft", opts)}), encoding="utf-8")

@@ -140,9 +140,7 @@ def build(cls: type, values: dict[str, Any], where: str = "options", prefix: str
     known = {d.name: d for d in declared(cls)}
     for key in values:
         if key not in known:
-            raise InputError(
-                f"{where}: unknown option '{prefix}{key}' (known: {', '.join(sorted(known))})"
-            )
+            raise InputError(f"{where}: unknown option '{prefix}{key}' (known: {', '.join(sorted(known))})")
     checked = {k: coerce(v, known[k].type, f"{where}: '{prefix}{k}'") for k, v in values.items()}
     missing = [d.name for d in known.values() if d.default is REQUIRED and d.name not in checked]
     if missing:
@@ -155,9 +153,7 @@ def build(cls: type, values: dict[str, Any], where: str = "options", prefix: str
 
 def as_dict(obj: Any) -> dict[str, Any]:
     """The options as plain JSON/YAML values (paths as strings), for run summaries."""
-    return {
-        d.name: str(v) if isinstance(v := getattr(obj, d.name), Path) else v for d in declared(type(obj))
-    }
+    return {d.name: str(v) if isinstance(v := getattr(obj, d.name), Path) else v for d in declared(type(obj))}
 
 
 # --- value checks --------------------------------------------------------------------------------------------

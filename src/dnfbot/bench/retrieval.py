@@ -24,7 +24,9 @@ class RetrievalBench:
     """Index build time, query latency p50/p95, quality — side by side with the original retrieval."""
 
     section = "retrieval"
-    corpus: list[Path] | None = option(None, "guide JSON, JSONL or folder; repeatable (default: the configured corpus)")
+    corpus: list[Path] | None = option(
+        None, "guide JSON, JSONL or folder; repeatable (default: the configured corpus)"
+    )
     queries: Path = option(Path("eval/dev.jsonl"), "dev set JSONL (see eval/README.md)")
     baseline: bool = option(True, "compare with the original LangChain BM25 set-up (needs the [bench] extra)")
     k: int = option(5, "cut-off for Recall@k and MRR@k")

@@ -28,7 +28,9 @@ class SynthBench:
     """Throughput against a local fake server (20 ms latency) and the extractive back end over the corpus."""
 
     section = "synth"
-    corpus: list[Path] | None = option(None, "guide JSON, JSONL or folder; repeatable (default: the configured corpus)")
+    corpus: list[Path] | None = option(
+        None, "guide JSON, JSONL or folder; repeatable (default: the configured corpus)"
+    )
     passages: int = option(1000, "passages sent to the local fake server")
     latency_ms: float = option(20.0, "simulated server latency")
     max_concurrency: int = option(32, "requests in flight")

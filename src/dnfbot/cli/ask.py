@@ -110,7 +110,11 @@ def generate(
     opts = load_options("generate", config, options)
     m = require_model(opts, config)
     lm, tok = load_model(
-        m, adapter=adapter, load_in_4bit=opts.load_in_4bit, dtype=opts.dtype, trust_remote_code=opts.trust_remote_code
+        m,
+        adapter=adapter,
+        load_in_4bit=opts.load_in_4bit,
+        dtype=opts.dtype,
+        trust_remote_code=opts.trust_remote_code,
     )
     prompt = question if raw else model_prompt(question)
     t0 = time.time()

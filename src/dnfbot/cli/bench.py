@@ -46,14 +46,20 @@ for _alias, _name in ALIASES.items():
 
 @bench.command("dense")
 def bench_dense(
-    model: str = typer.Option(..., "--model", help="embedder for the quality table (e.g. the fine-tuned tiny one)"),
-    small_model: str = typer.Option(None, "--small-model", help="embedder for the latency table (default: --model)"),
+    model: str = typer.Option(
+        ..., "--model", help="embedder for the quality table (e.g. the fine-tuned tiny one)"
+    ),
+    small_model: str = typer.Option(
+        None, "--small-model", help="embedder for the latency table (default: --model)"
+    ),
     queries: Path = typer.Option(Path("eval/dev.jsonl"), "--queries"),
     corpus: list[Path] = CORPUS,
     k: int = typer.Option(5, "--k", min=1),
     rounds: int = typer.Option(5, "--rounds", min=1, help="latency: passes over the dev questions"),
     threads: int = typer.Option(1, "--threads", min=0, help="torch CPU threads (0 = default)"),
-    throughput_only: bool = typer.Option(False, "--throughput-only", help="only encoding throughput (GPU check)"),
+    throughput_only: bool = typer.Option(
+        False, "--throughput-only", help="only encoding throughput (GPU check)"
+    ),
     device: str = typer.Option(None, "--device", help="throughput: cuda | cpu"),
     dtype: str = typer.Option(None, "--dtype", help="throughput: float16 | bfloat16 | float32"),
     batch_size: int = typer.Option(32, "--batch-size", min=1),

@@ -25,7 +25,12 @@ def _print_check(r: dict) -> None:
     out.print(f"[bold]{r['path']}[/]: {r['articles']} articles")
     rows = [
         ("empty", r["empty"]["count"], r["empty"]["action"], r["empty"]["ids"]),
-        ("near-empty (<200 chars)", r["near_empty"]["count"], r["near_empty"]["action"], r["near_empty"]["ids"]),
+        (
+            "near-empty (<200 chars)",
+            r["near_empty"]["count"],
+            r["near_empty"]["action"],
+            r["near_empty"]["ids"],
+        ),
         (
             "exact duplicates (groups)",
             r["exact_duplicates"]["groups"],
@@ -44,7 +49,12 @@ def _print_check(r: dict) -> None:
             r["html_leftovers"]["action"],
             list(r["html_leftovers"]["examples"]),
         ),
-        ("trailing like-count line", r["trailing_like_count"]["articles"], r["trailing_like_count"]["action"], []),
+        (
+            "trailing like-count line",
+            r["trailing_like_count"]["articles"],
+            r["trailing_like_count"]["action"],
+            [],
+        ),
     ]
     for kind, v in r["invisible_characters"]["kinds"].items():
         rows.append((kind, v["articles"], r["invisible_characters"]["action"], v["ids"]))
@@ -52,11 +62,15 @@ def _print_check(r: dict) -> None:
     rows.append(("class label ≠ text", lm["count"], lm["action"], [i["id"] for i in lm["items"]]))
     for name, n, action, ids in rows:
         shown = ", ".join(map(str, ids[:8])) + (" …" if len(ids) > 8 else "")
-        out.print(f"  {'[red]' if n else '[green]'}{n:>4}[/] {name}: {action}" + (f" [dim]({shown})" if ids else ""))
+        out.print(
+            f"  {'[red]' if n else '[green]'}{n:>4}[/] {name}: {action}" + (f" [dim]({shown})" if ids else "")
+        )
     if lm["items"]:
         out.print(f"  labels shifted from about id {lm['first_shifted_id']} on, e.g.:")
         for item in lm["items"][:5]:
-            out.print(f"    {item['id']}: '{item['title'][:40]}' labelled '{item['label']}' → {item['detected']}")
+            out.print(
+                f"    {item['id']}: '{item['title'][:40]}' labelled '{item['label']}' → {item['detected']}"
+            )
 
 
 @corpus.command("export")
@@ -78,8 +92,12 @@ def corpus_export(
                 "id": d.doc_id,
                 "title": d.title,
                 "text": d.text,
-                "metadata": {"category1": d.category1, "category2": d.category2, "category3": d.category3,
-                             **d.metadata},
+                "metadata": {
+                    "category1": d.category1,
+                    "category2": d.category2,
+                    "category3": d.category3,
+                    **d.metadata,
+                },
             }  # fmt: skip
             for d in docs
         ),

@@ -100,7 +100,9 @@ def data_ppo(
 @data.command("pairs")
 def data_pairs(
     out_path: Path = typer.Option(..., OUT, help="pairs JSONL to write"),
-    synth: list[Path] = typer.Option(None, "--synth", help="synthesised QA JSONL (`dnfbot synth qa`); repeatable"),
+    synth: list[Path] = typer.Option(
+        None, "--synth", help="synthesised QA JSONL (`dnfbot synth qa`); repeatable"
+    ),
     ict: int = typer.Option(0, "--ict", min=0, help="also N sentence-as-query pairs per chunk (no LLM)"),
     corpus: list[Path] = CORPUS,
     valid_fraction: float = typer.Option(0.1, "--valid-fraction", min=0.0, max=1.0),

@@ -14,7 +14,9 @@ eval = typer.Typer(no_args_is_help=True)  # the group's name (dnfbot.cli.GROUPS)
 @eval.command("retrieval")
 @with_options(SearchFlags)
 def eval_retrieval(
-    queries: Path = typer.Option(Path("eval/dev.jsonl"), "--queries", help="dev set JSONL (see eval/README.md)"),
+    queries: Path = typer.Option(
+        Path("eval/dev.jsonl"), "--queries", help="dev set JSONL (see eval/README.md)"
+    ),
     k: int = typer.Option(5, "--k", min=1),
     calibrate: bool = typer.Option(False, "--calibrate", help="also search the refusal threshold"),
     json_out: bool = JSON,

@@ -32,7 +32,9 @@ def index_build(
         settings.dense = settings.dense.model_copy(update={"model": dense_model})
     paths = settings.corpus_paths(corpus)
     with console.status("building index (Kiwi tokenization + BM25)…"):
-        result = build_index(paths, settings.resolve_index_dir(options.get("index_dir")), settings, force=force)
+        result = build_index(
+            paths, settings.resolve_index_dir(options.get("index_dir")), settings, force=force
+        )
     show(result.to_dict(), json_out, _print_build)
 
 
@@ -41,7 +43,9 @@ def _print_build(d: dict) -> None:
 
     rep = d["corpus"]
     verb = "built" if d["rebuilt"] else "up to date"
-    out.print(f"[green]index {verb}[/]: {d['documents']} documents → {d['chunks']} chunks in {d['seconds']:.1f}s")
+    out.print(
+        f"[green]index {verb}[/]: {d['documents']} documents → {d['chunks']} chunks in {d['seconds']:.1f}s"
+    )
     out.print(
         f"  skipped: {rep['skipped_empty']} empty, {rep['skipped_duplicate']} duplicate; "
         f"class label corrected from the text: {rep['label_mismatch']}"

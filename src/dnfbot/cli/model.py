@@ -18,7 +18,9 @@ def model_init_tiny(
     arch: str = typer.Option("gpt-neox", "--arch", help="gpt-neox (polyglot-ko) | llama (EEVE / SOLAR)"),
     tokenizer: Path = TOKENIZER,
     out_dir: Path = typer.Option(..., "--out", help="output model directory"),
-    size: str = typer.Option("tiny", "--size", help="tiny (~4M) | small (~45M) | 1.3b | 12.8b | 10.8b (GPU benchmarks)"),
+    size: str = typer.Option(
+        "tiny", "--size", help="tiny (~4M) | small (~45M) | 1.3b | 12.8b | 10.8b (GPU benchmarks)"
+    ),
     seed: int = SEED,
     json_out: bool = JSON,
 ):
@@ -30,14 +32,20 @@ def model_init_tiny(
     m, tok = load_model(path)
     _, total = count_parameters(m)
     res = {"output_dir": str(path), "arch": arch, "size": size, "params": total, "vocab": len(tok)}
-    show(res, json_out, lambda r: out.print(f"[green]init-tiny[/]: {arch}/{size}, {total:,} parameters → {path}"))
+    show(
+        res,
+        json_out,
+        lambda r: out.print(f"[green]init-tiny[/]: {arch}/{size}, {total:,} parameters → {path}"),
+    )
 
 
 @model.command("init-embedder")
 def model_init_embedder(
     tokenizer: Path = TOKENIZER,
     out_dir: Path = typer.Option(..., "--out", help="where to write the sentence-transformers model"),
-    size: str = typer.Option("tiny", "--size", help="tiny (1 layer, dim 64) | small (MiniLM-L6 shape) | m3 (bge-m3 shape)"),
+    size: str = typer.Option(
+        "tiny", "--size", help="tiny (1 layer, dim 64) | small (MiniLM-L6 shape) | m3 (bge-m3 shape)"
+    ),
     seed: int = SEED,
     json_out: bool = JSON,
 ):

@@ -67,7 +67,9 @@ class AnswerFlags(SearchFlags):
     model: str | None = option(None, "hf: local model path; openai: model name")
     adapter: str | None = option(None, "hf: LoRA adapter dir")
     base_url: str | None = option(None, "openai: server URL (else OPENAI_BASE_URL)")
-    load_in_4bit: bool | None = option(None, "hf: load the model in 4-bit (bitsandbytes)", flag="--4bit/--no-4bit")
+    load_in_4bit: bool | None = option(
+        None, "hf: load the model in 4-bit (bitsandbytes)", flag="--4bit/--no-4bit"
+    )
 
 
 def invocation() -> str:
@@ -85,7 +87,9 @@ class QuestionFlags:
     category1: str | None = option(None, " | ".join(CATEGORY1))
     category2: str | None = option(None, f"{' | '.join(CATEGORY2)} (with {CATEGORY1[0]})")
     category3: str | None = option(None, "board, e.g. '[레이드] 아스라한 : 무의 장막' or a class name")
-    queries: Path | None = option(None, 'batch mode: JSONL file of {"question": ...}; one JSON line out per query')
+    queries: Path | None = option(
+        None, 'batch mode: JSONL file of {"question": ...}; one JSON line out per query'
+    )
 
     def open(self, question: str | None, options: dict) -> tuple[Any, Any, list[str]]:
         """(the guide RAG opened with `options`, the filters, the questions)."""

@@ -17,7 +17,9 @@ synth = typer.Typer(no_args_is_help=True)
 @with_options(SynthOptions, RetryPolicy)
 def synth_qa(
     corpus: list[Path] = CORPUS,
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the first prompt and a cost estimate; send nothing"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="print the first prompt and a cost estimate; send nothing"
+    ),
     config: Path = CONFIG,
     json_out: bool = JSON,
     options: dict = None,
@@ -30,7 +32,10 @@ def synth_qa(
 
     settings = load_settings(config)
     paths = settings.corpus_paths(corpus)
-    defaults = {"chunk_size": settings.chunk.size, "chunk_overlap": settings.chunk.overlap}  # cut as the index is
+    defaults = {
+        "chunk_size": settings.chunk.size,
+        "chunk_overlap": settings.chunk.overlap,
+    }  # cut as the index is
     policy = build(RetryPolicy, pick(options, RetryPolicy), "flags")
     opts = build(SynthOptions, {**defaults, **pick(options, SynthOptions), "policy": policy}, "flags")
     if dry_run:
@@ -60,9 +65,13 @@ def _print_summary(s: dict) -> None:
         if s["cost_usd"] is None
         else f"${s['cost_usd']:.4f}"
     )
-    out.print(f"tokens: {s['prompt_tokens']} prompt + {s['completion_tokens']} completion; estimated cost {cost}")
+    out.print(
+        f"tokens: {s['prompt_tokens']} prompt + {s['completion_tokens']} completion; estimated cost {cost}"
+    )
     for name, m in s["models"].items():
-        out.print(f"  {name}: {m['passages']} passages, {m['prompt_tokens']} + {m['completion_tokens']} tokens")
+        out.print(
+            f"  {name}: {m['passages']} passages, {m['prompt_tokens']} + {m['completion_tokens']} tokens"
+        )
 
 
 def _print_dry_run(d: dict) -> None:

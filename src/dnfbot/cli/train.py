@@ -59,9 +59,13 @@ def _trainer_command(stage: str):
         data: Path = typer.Option(..., "--data", help=data_help),
         out_dir: Path = OUT,
         config: Path = RUN_CONFIG,
-        eval_data: Path = typer.Option(None, "--eval-data", help="validation file (default: the file's split)"),
+        eval_data: Path = typer.Option(
+            None, "--eval-data", help="validation file (default: the file's split)"
+        ),
         resume: bool = RESUME,
-        overwrite: bool = typer.Option(False, "--overwrite", help="delete earlier checkpoints in --out first"),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="delete earlier checkpoints in --out first"
+        ),
         json_out: bool = JSON,
         options: dict = None,
     ):
@@ -113,7 +117,9 @@ def train_ppo(
     prompts: Path = typer.Option(..., "--prompts", help='prompts: JSONL of {"prompt"} (or a JSON list)'),
     out_dir: Path = OUT,
     sft_adapter: Path = typer.Option(
-        None, "--sft-adapter", help="SFT LoRA adapter: the policy starts from it, a frozen copy is the reference"
+        None,
+        "--sft-adapter",
+        help="SFT LoRA adapter: the policy starts from it, a frozen copy is the reference",
     ),
     reward_adapter: Path = typer.Option(
         None, "--reward-adapter", help="reward-model LoRA adapter (from `dnfbot train rm`) on the same base"
@@ -166,10 +172,16 @@ def train_embedder(
     pairs: Path = typer.Option(..., "--pairs", help="pairs JSONL from `dnfbot data pairs`"),
     out_dir: Path = typer.Option(..., "--out", help="output folder (final model + epoch-N checkpoints)"),
     epochs: int = typer.Option(3, "--epochs", min=1),
-    batch_size: int = typer.Option(32, "--batch-size", min=2, help="in-batch negatives per question = batch − 1"),
-    lr: float = typer.Option(2e-5, "--lr", help="2e-5 for pretrained models; ~5e-3 for a random-init tiny one"),
+    batch_size: int = typer.Option(
+        32, "--batch-size", min=2, help="in-batch negatives per question = batch − 1"
+    ),
+    lr: float = typer.Option(
+        2e-5, "--lr", help="2e-5 for pretrained models; ~5e-3 for a random-init tiny one"
+    ),
     max_seq_length: int = typer.Option(None, "--max-seq-length"),
-    hard_negatives: bool = typer.Option(False, "--hard-negatives", help="add one BM25-mined negative per pair"),
+    hard_negatives: bool = typer.Option(
+        False, "--hard-negatives", help="add one BM25-mined negative per pair"
+    ),
     max_pairs: int = typer.Option(None, "--max-pairs", min=2),
     seed: int = typer.Option(0, "--seed"),
     index_dir: Path = typer.Option(None, "--index-dir", help="BM25 index for --hard-negatives"),
@@ -212,7 +224,9 @@ def train_embedder(
 def reward_score(
     model: str = typer.Option(..., "--model", help="base model: local path or hub id"),
     adapter: Path = typer.Option(None, "--adapter", help="reward LoRA adapter (from train rm)"),
-    data: Path = typer.Option(..., "--data", help='JSONL of {"prompt","response"} or {"prompt","chosen","rejected"}'),
+    data: Path = typer.Option(
+        ..., "--data", help='JSONL of {"prompt","response"} or {"prompt","chosen","rejected"}'
+    ),
     out_file: Path = typer.Option(None, "--out", help="write the records with their scores here (JSONL)"),
     batch_size: int = typer.Option(8, "--batch-size"),
     load_in_4bit: bool = typer.Option(False, "--4bit/--no-4bit"),

@@ -338,7 +338,9 @@ def build_sft(
     n_own = len(rows)
     imported, removed_imp, report = _imports(imports, import_sft, o, n_own)
     rows += [
-        sft_record(r["question"], r["completion"], id=r["id"], source=r["source"], doc_id="", split=r["split"])
+        sft_record(
+            r["question"], r["completion"], id=r["id"], source=r["source"], doc_id="", split=r["split"]
+        )
         for r in imported
     ]
     summary = _write(out, rows, o.split_files)
@@ -366,7 +368,11 @@ def _imports(paths: list[str | Path], read, o: Any, n_own: int) -> tuple[list[di
         return [], 0, report
     kept, removed = dedup(imported, o.dedup_threshold)
     taken = [
-        {**r, "id": f"import:{_digest(r['question'])}", "split": assign_split(split_key(r, "question"), o.valid_fraction)}
+        {
+            **r,
+            "id": f"import:{_digest(r['question'])}",
+            "split": assign_split(split_key(r, "question"), o.valid_fraction),
+        }
         for r in take_imports(kept, n_own, o.import_ratio)
     ]
     return taken, removed, report
@@ -436,7 +442,9 @@ def build_rm(
     n_own = len(ranked)
     imported, removed_imp, report = _imports(imports, import_rm, o, n_own)
     ranked += [
-        ranking_record(r["question"], r["completions"], r["ranking"], id=r["id"], source=r["source"], split=r["split"])
+        ranking_record(
+            r["question"], r["completions"], r["ranking"], id=r["id"], source=r["source"], split=r["split"]
+        )
         for r in imported
     ]
     if not ranked:

@@ -35,7 +35,11 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def latency_ms(
-    seconds: Sequence[float], qs: Sequence[float] = (50, 95), *, digits: int | None = None, with_max: bool = False
+    seconds: Sequence[float],
+    qs: Sequence[float] = (50, 95),
+    *,
+    digits: int | None = None,
+    with_max: bool = False,
 ) -> dict[str, float | None]:
     """{"p50_ms": …, "p95_ms": …[, "max_ms"]} of durations given in seconds; None values for no durations."""
     keys = [f"p{q:g}_ms" for q in qs] + (["max_ms"] if with_max else [])

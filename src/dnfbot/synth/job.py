@@ -56,9 +56,7 @@ class SynthOptions:
     out: Path = option(help="output JSONL (appended; re-runs skip finished passages)")
     backend: str = option("openai", "openai (any OpenAI-compatible server) | extractive (offline)")
     model: str = option("gpt-3.5-turbo", "model for passages that fit --context-limit")
-    long_model: str | None = option(
-        "gpt-4-1106-preview", "model for longer passages ('' = always --model)"
-    )
+    long_model: str | None = option("gpt-4-1106-preview", "model for longer passages ('' = always --model)")
     # gpt-3.5-turbo's original 4k context
     context_limit: int = option(4096, "tokens --model accepts (prompt estimate + --max-tokens)")
     max_tokens: int = option(1024, "reply budget per request")

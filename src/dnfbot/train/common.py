@@ -140,7 +140,11 @@ def start_run(
             console.print(f"[yellow]{data}: {split.note}")
     ckpt = prepare_output_dir(out, resume=resume, overwrite=overwrite)
     base, tok = load_model(
-        model, task=task, load_in_4bit=opts.load_in_4bit, trust_remote_code=opts.trust_remote_code, dtype=opts.dtype
+        model,
+        task=task,
+        load_in_4bit=opts.load_in_4bit,
+        trust_remote_code=opts.trust_remote_code,
+        dtype=opts.dtype,
     )
     lora = default_lora_config(
         base.config,
@@ -153,7 +157,9 @@ def start_run(
     )
     peft_model = add_lora(base, lora, task=task, gradient_checkpointing=opts.gradient_checkpointing)
     writer = MetricsWriter(out / "metrics.jsonl", echo=echo)
-    return Run(stage, out, str(data), opts, train, valid, ckpt, peft_model, tok, writer, metrics_callback(writer))
+    return Run(
+        stage, out, str(data), opts, train, valid, ckpt, peft_model, tok, writer, metrics_callback(writer)
+    )
 
 
 def finish_run(run: Run, trainer: Any, result: Any, metrics: dict, *, title: str, usage: str) -> dict:

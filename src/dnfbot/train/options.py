@@ -76,7 +76,9 @@ class TrainerOptions(LoraOptions, ModelOptions):
     warmup_steps: int = option(0, "steps of linear learning-rate warm-up")
     lr_scheduler: str = option("linear", "transformers scheduler: linear | cosine | constant | …")
     weight_decay: float = option(0.0, "AdamW weight decay")
-    optim: str = option("adamw_torch", "optimizer (GPU configs use paged_adamw_8bit: 8-bit state, see configs/)")
+    optim: str = option(
+        "adamw_torch", "optimizer (GPU configs use paged_adamw_8bit: 8-bit state, see configs/)"
+    )
     logging_steps: int = option(10, "log every N steps")
     save_steps: int = option(200, "checkpoint every N steps")
     save_total_limit: int = option(2, "checkpoints kept")
@@ -173,7 +175,14 @@ class PPOOptions(LoraOptions, ModelOptions):
                 f"ppo config: batch_size ({self.batch_size}) must be a multiple of mini_batch_size "
                 f"({self.mini_batch_size}), which must be a multiple of micro_batch_size ({self.micro_batch_size})"
             )
-        for name in ("steps", "batch_size", "ppo_epochs", "max_new_tokens", "forward_batch_size", "save_every"):
+        for name in (
+            "steps",
+            "batch_size",
+            "ppo_epochs",
+            "max_new_tokens",
+            "forward_batch_size",
+            "save_every",
+        ):
             if getattr(self, name) < 1:
                 raise InputError(f"ppo config: {name} must be >= 1")
         if not self.temperature > 0:
@@ -263,7 +272,8 @@ def run_config(stage: str, opts: Any) -> dict[str, Any]:
 def require_model(opts: Any, config: str | os.PathLike | None) -> str:
     if not opts.model:
         raise InputError(
-            "give --model (a local model directory or hub id)" + (f" or 'model:' in {config}" if config else "")
+            "give --model (a local model directory or hub id)"
+            + (f" or 'model:' in {config}" if config else "")
         )
     return opts.model
 

@@ -24,7 +24,15 @@ from dnfbot.io import write_jsonl
 from dnfbot.train.common import finish_run, start_run, trl_trainer
 from dnfbot.train.options import RMOptions
 
-__all__ = ["PAIR_FIELDS", "RMOptions", "pair_texts", "pairwise_accuracy", "run_reward", "score_file", "score_pairs"]
+__all__ = [
+    "PAIR_FIELDS",
+    "RMOptions",
+    "pair_texts",
+    "pairwise_accuracy",
+    "run_reward",
+    "score_file",
+    "score_pairs",
+]
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 

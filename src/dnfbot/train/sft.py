@@ -54,7 +54,20 @@ def make_trainer(
     """An SFTTrainer with our options (the model already carries its LoRA adapter)."""
     from trl import SFTConfig, SFTTrainer
 
-    return trl_trainer(SFTTrainer, SFTConfig, model, tokenizer, train_ds, eval_ds, out, opts, callbacks, packing=opts.packing, completion_only_loss=True, dataset_num_proc=None)
+    return trl_trainer(
+        SFTTrainer,
+        SFTConfig,
+        model,
+        tokenizer,
+        train_ds,
+        eval_ds,
+        out,
+        opts,
+        callbacks,
+        packing=opts.packing,
+        completion_only_loss=True,
+        dataset_num_proc=None,
+    )
 
 
 def run_sft(
@@ -71,7 +84,9 @@ def run_sft(
     run_args: eval_data, resume, overwrite, echo (see train.common.start_run). Returns the run summary (what
     `--json` prints)."""
     opts = options or SFTOptions()
-    run = start_run("sft", model, data, out, opts, fields=("prompt", "completion"), task="causal-lm", **run_args)
+    run = start_run(
+        "sft", model, data, out, opts, fields=("prompt", "completion"), task="causal-lm", **run_args
+    )
     trainer = make_trainer(
         run.model,
         run.tokenizer,

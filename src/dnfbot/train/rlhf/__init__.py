@@ -1,12 +1,12 @@
 """RLHF on one shared base model: PPO written out (ppo.py) and GRPO/RLOO through TRL (trl.py).
 
-    ppo.py      the maths, one PPO step and the training loop, read top to bottom (options: train/options.py)
-    rollout.py  sampling and scoring: log-probs, reference log-probs, KL estimators, values, rewards
-    run.py      what every algorithm's run shares: prompts, held-out split, config.json, before/after
-                evaluation, reward statistics, summary.json
-    models.py   policy + value head, frozen reference and reward model as adapters on one base
-    trl.py      GRPO / RLOO through TRL's trainers, on the same data, reward and report
-    report.py   `dnfbot report rlhf`: before/after table and curves of any of them
+ppo.py      the maths, one PPO step and the training loop, read top to bottom (options: train/options.py)
+rollout.py  sampling and scoring: log-probs, reference log-probs, KL estimators, values, rewards
+run.py      what every algorithm's run shares: prompts, held-out split, config.json, before/after
+            evaluation, reward statistics, summary.json
+models.py   policy + value head, frozen reference and reward model as adapters on one base
+trl.py      GRPO / RLOO through TRL's trainers, on the same data, reward and report
+report.py   `dnfbot report rlhf`: before/after table and curves of any of them
 """
 
 from __future__ import annotations

@@ -115,9 +115,7 @@ def _trl_config(cfg: PPOOptions, out: Path) -> Any:
     return (GRPOConfig if cfg.algo == "grpo" else RLOOConfig)(**kwargs)
 
 
-def run_trl_rl(
-    opts: PPOOptions, *, show_progress: bool = True, **run_args: Any
-) -> dict[str, Any]:
+def run_trl_rl(opts: PPOOptions, *, show_progress: bool = True, **run_args: Any) -> dict[str, Any]:
     """Train with TRL's GRPO or RLOO (`opts.algo`); the same outputs as `run_ppo` (summary.json, eval_*.jsonl,
     adapter/). run_args: prompts, out_dir, sft_adapter, reward_adapter, resume (see rlhf.run.start_run)."""
     from datasets import Dataset
