@@ -8,29 +8,46 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from dnfbot.config import Settings
+from dnfbot.eval.metrics import first_hit, latency_ms, mrr, recall
 from dnfbot.eval.retrieval import DevItem, evaluate, load_devset
+from dnfbot.options import option
 
 LATENCY_ROUNDS = 20
 ANSWER_SETS = (Path("eval/players.jsonl"), Path("eval/dev.jsonl"), Path("eval/followups.jsonl"))
 
 
-def _pcts(lat: list[float]) -> dict:
-    a = np.array(lat) * 1000
-    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95))}
+@dataclass
+class RetrievalBench:
+    """Index build time, query latency p50/p95, quality — side by side with the original retrieval."""
+
+    section = "retrieval"
+    corpus: list[Path] | None = option(
+        None, "guide JSON, JSONL or folder; repeatable (default: the configured corpus)"
+    )
+    queries: Path = option(Path("eval/dev.jsonl"), "dev set JSONL (see eval/README.md)")
+    baseline: bool = option(True, "compare with the original LangChain BM25 set-up (needs the [bench] extra)")
+    k: int = option(5, "cut-off for Recall@k and MRR@k")
+    config: Path | None = option(None, "YAML settings file (see `dnfbot config`)")
+
+    def run(self) -> dict:
+        from dnfbot.config import load_settings
+
+        settings = load_settings(self.config)
+        paths = settings.corpus_paths(self.corpus)
+        items = load_devset(self.queries)
+        rows = [bench_dnfbot(paths, items, settings, self.k)]
+        if self.baseline:
+            rows.append(bench_original(paths, items, self.k))
+        return {"results": rows, "markdown": to_markdown(rows, self.k, len(items), paths, self.queries)}
 
 
 def _quality(rankings: list[list[str]], items: list[DevItem], k: int) -> dict:
-    rec, rr = [], []
-    for docs, it in zip(rankings, items, strict=True):
-        rank = next((i for i, d in enumerate(docs[:k], 1) if d in it.gold_doc_ids), None)
-        rec.append(rank is not None)
-        rr.append(1 / rank if rank else 0.0)
-    return {f"recall@{k}": float(np.mean(rec)), f"mrr@{k}": float(np.mean(rr))}
+    ranks = [first_hit(docs, it.gold_doc_ids, k) for docs, it in zip(rankings, items, strict=True)]
+    return {f"recall@{k}": recall(ranks, k), f"mrr@{k}": mrr(ranks, k)}
 
 
 def bench_dnfbot(
@@ -63,7 +80,7 @@ def bench_dnfbot(
         "tokenizer_load_s": tok_load,
         "build_s": result.seconds,
         "chunks": result.build.manifest["chunks"],
-        **_pcts(lat),
+        **latency_ms(lat),
         **_quality(rankings, answerable, k),
         "answer_hit": full["answer_hit"],
         "refusal_accuracy": full["refusal_accuracy"],
@@ -71,7 +88,6 @@ def bench_dnfbot(
         "ask_p50_ms": full["ask_ms_p50"],
         "answers": answers,
     }
-
 
 
 def bench_answers(rag, sets=ANSWER_SETS) -> dict:
@@ -120,31 +136,9 @@ def bench_original(paths: list[str], items: list[DevItem], k: int = 5) -> dict:
         "name": "original (LangChain splitter 3000/500 + BM25Retriever, whitespace)",
         "build_s": build_s,
         "chunks": len(lc_docs),
-        **_pcts(lat),
+        **latency_ms(lat),
         **_quality(rankings, answerable, k),
     }
-
-
-def run_bench(
-    paths: list[str],
-    queries: Path,
-    settings: Settings,
-    *,
-    baseline: bool = True,
-    write: bool = True,
-    k: int = 5,
-) -> dict:
-    items = load_devset(queries)
-    ours = bench_dnfbot(paths, items, settings, k)
-    rows = [ours]
-    if baseline:
-        rows.append(bench_original(paths, items, k))
-    md = to_markdown(rows, k, len(items), paths, queries)
-    if write:
-        from dnfbot.bench.report import update_section
-
-        update_section("retrieval", md)
-    return {"results": rows, "markdown": md}
 
 
 def to_markdown(rows: list[dict], k: int, n: int, paths: list[str], queries: Path) -> str:
@@ -198,9 +192,13 @@ def answers_markdown(answers: dict) -> list[str]:
                 f"{_f(s.get('repeated'))} | {_f(s.get('cut'))} | {s.get('median_chars', '—')} | {_f(s.get('contributed'))} |"
             )
         if "offtopic_refused" in r:
-            lines.append(f"| {name} | off-topic + chit-chat refused | | {_f(r['offtopic_refused'])} |||||||||")
+            lines.append(
+                f"| {name} | off-topic + chit-chat refused | | {_f(r['offtopic_refused'])} |||||||||"
+            )
         if "repeats_earlier" in r:
-            lines.append(f"| {name} | follow-ups repeating the earlier answer | | {_f(r['repeats_earlier'])} |||||||||")
+            lines.append(
+                f"| {name} | follow-ups repeating the earlier answer | | {_f(r['repeats_earlier'])} |||||||||"
+            )
     return lines
 
 

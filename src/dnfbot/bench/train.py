@@ -20,11 +20,13 @@ import random
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dnfbot.errors import InputError
 from dnfbot.io import write_jsonl
+from dnfbot.options import command_line, option
 
 
 def corpus_sft_records(corpus: str | os.PathLike, n: int, seed: int = 0) -> list[dict]:
@@ -49,8 +51,8 @@ def padding_ratio(
     records: list[dict], tokenizer: str | os.PathLike, batch_size: int, max_length: int, shuffles: int = 20
 ) -> float:
     """Tokens in batches padded to their longest example / real tokens, averaged over random batchings."""
+    from dnfbot.formats import split_prompt_completion
     from dnfbot.models import load_tokenizer
-    from dnfbot.train.common import split_prompt_completion
 
     tok = load_tokenizer(tokenizer)
     lengths = [
@@ -70,6 +72,7 @@ def padding_ratio(
     return round(padded / shuffles / sum(lengths), 2)
 
 
+SHARED_CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "corpus" / "dnf_homepage_tip.json"
 SETUPS: dict[str, dict[str, Any]] = {
     "original (padded, unpacked)": {"packing": False, "load_in_4bit": False},
     "packed": {"packing": True, "load_in_4bit": False},
@@ -117,58 +120,88 @@ def _worker(spec: dict) -> dict:
     return res
 
 
-def run_bench(
-    tokenizer: str | os.PathLike,
-    *,
-    corpus: str | os.PathLike | None = None,
-    data: str | os.PathLike | None = None,
-    arch: str = "gpt-neox",
-    size: str = "tiny",
-    records: int = 64,
-    max_length: int = 512,
-    batch_size: int = 4,
-    with_4bit: bool = True,
-    threads: int | None = None,
-    rounds: int = 3,
-    write: bool = True,
-    bench_file: str | os.PathLike | None = None,
-) -> dict:
-    """Run every set-up side by side; returns {"results": {setup: metrics}, "speedup", "markdown"}."""
-    from dnfbot.models import init_tiny
-    from dnfbot.train.common import load_records
+@dataclass
+class TrainBench:
+    """SFT throughput: packed vs the original padded, unpacked set-up (answer tokens/s, peak memory)."""
 
-    with tempfile.TemporaryDirectory(prefix="dnfbot-bench-sft-") as tmp:
-        work = Path(tmp)
-        if data is not None:
-            recs = load_records(data, ("prompt", "completion"), limit=records)
-        else:
-            if corpus is None:
-                corpus = (
-                    Path(__file__).resolve().parents[3].parent / "shared" / "corpus" / "dnf_homepage_tip.json"
-                )
-            recs = corpus_sft_records(corpus, records)
-        data_path = work / "data.jsonl"
-        write_jsonl(data_path, [{"prompt": r["prompt"], "completion": r["completion"]} for r in recs])
-        base = init_tiny(arch, tokenizer, work / "base", size=size)
-        pad_ratio = padding_ratio(recs, tokenizer, batch_size, max_length)
+    section = "train"
+    tokenizer: Path = option(help="tokenizer directory (polyglot-ko)")
+    corpus: Path | None = option(None, "guide corpus JSON for the Q&A data (default: shared)")
+    data: Path | None = option(None, "SFT JSONL to use instead of the corpus-derived data")
+    arch: str = option("gpt-neox", "gpt-neox | llama (random-init model)")
+    size: str = option("tiny", "tiny | small | 1.3b | 12.8b (GPU)")
+    records: int = option(64, "examples per run (one epoch)")
+    max_length: int = option(512, "tokens per row")
+    batch_size: int = option(4, "examples per step, unpacked set-up")
+    with_4bit: bool = option(True, "also run the packed set-up on a 4-bit base", flag="--4bit/--no-4bit")
+    threads: int | None = option(None, "torch CPU threads")
+    rounds: int = option(3, "interleaved rounds; each set-up keeps its fastest")
+
+    def run(self) -> dict:
+        """Every set-up side by side: {"results": {setup: metrics}, "packed_speedup", "markdown"}."""
+        from dnfbot.models import init_tiny
+        from dnfbot.train.common import load_records
+
+        with tempfile.TemporaryDirectory(prefix="dnfbot-bench-sft-") as tmp:
+            work = Path(tmp)
+            if self.data is not None:
+                recs = load_records(self.data, ("prompt", "completion"), limit=self.records)
+            else:
+                recs = corpus_sft_records(self.corpus or SHARED_CORPUS, self.records)
+            data_path = work / "data.jsonl"
+            write_jsonl(data_path, [{"prompt": r["prompt"], "completion": r["completion"]} for r in recs])
+            base = init_tiny(self.arch, self.tokenizer, work / "base", size=self.size)
+            pad_ratio = padding_ratio(recs, self.tokenizer, self.batch_size, self.max_length)
+            results = self._rounds(base, data_path, work)
+        orig = results.get("original (padded, unpacked)", {})
+        packed = results.get("packed", {})
+        speedup = (
+            round(packed["answer_tokens_per_s"] / orig["answer_tokens_per_s"], 2)
+            if "answer_tokens_per_s" in orig and "answer_tokens_per_s" in packed
+            else None
+        )
+        md = _markdown(
+            results,
+            speedup,
+            arch=self.arch,
+            size=self.size,
+            records=len(recs),
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+            rounds=self.rounds,
+            pad_ratio=pad_ratio,
+            command=command_line("dnfbot bench train", self),
+        )
+        return {
+            "arch": self.arch,
+            "size": self.size,
+            "records": len(recs),
+            "max_length": self.max_length,
+            "results": results,
+            "packed_speedup": speedup,
+            "padded_to_real_tokens": pad_ratio,
+            "markdown": md,
+        }
+
+    def _rounds(self, base: Path, data_path: Path, work: Path) -> dict[str, dict]:
         # rounds interleave the set-ups and each keeps its fastest run: on a shared machine the load changes
         # from minute to minute, and a set-up measured in a busy minute would look slower than it is
         results: dict[str, dict] = {}
-        for rnd in range(rounds):
+        for rnd in range(self.rounds):
             for i, (name, setup) in enumerate(SETUPS.items()):
-                if (setup["load_in_4bit"] and not with_4bit) or "error" in results.get(name, {}):
+                if (setup["load_in_4bit"] and not self.with_4bit) or "error" in results.get(name, {}):
                     continue
                 spec = {
                     **setup,
                     "model": str(base),
                     "data": str(data_path),
                     "out": str(work / f"run-{rnd}-{i}"),
-                    "batch_size": batch_size if not setup["packing"] else max(1, batch_size // 2),
-                    "max_length": max_length,
-                    "threads": threads,
+                    "batch_size": self.batch_size if not setup["packing"] else max(1, self.batch_size // 2),
+                    "max_length": self.max_length,
+                    "threads": self.threads,
                 }
                 proc = subprocess.run(
-                    [sys.executable, "-m", "dnfbot.train.sft_bench", "--worker", json.dumps(spec)],
+                    [sys.executable, "-m", "dnfbot.bench.train", "--worker", json.dumps(spec)],
                     capture_output=True,
                     text=True,
                 )
@@ -182,46 +215,7 @@ def run_bench(
                     results[name] = r
                 else:
                     results[name]["runtimes_s"] = r["runtimes_s"]
-    orig = results.get("original (padded, unpacked)", {})
-    packed = results.get("packed", {})
-    speedup = (
-        round(packed["answer_tokens_per_s"] / orig["answer_tokens_per_s"], 2)
-        if "answer_tokens_per_s" in orig and "answer_tokens_per_s" in packed
-        else None
-    )
-    md = _markdown(
-        results,
-        speedup,
-        arch=arch,
-        size=size,
-        records=len(recs),
-        max_length=max_length,
-        batch_size=batch_size,
-        rounds=rounds,
-        pad_ratio=pad_ratio,
-        command=(
-            f"dnfbot bench train --tokenizer {tokenizer} --arch {arch} --size {size} --records {records} "
-            f"--max-length {max_length} --batch-size {batch_size} --rounds {rounds}"
-            + ("" if with_4bit else " --no-4bit")
-            + (f" --threads {threads}" if threads else "")
-            + (f" --data {data}" if data else "")
-        ),
-    )
-    res = {
-        "arch": arch,
-        "size": size,
-        "records": len(recs),
-        "max_length": max_length,
-        "results": results,
-        "packed_speedup": speedup,
-        "padded_to_real_tokens": pad_ratio,
-        "markdown": md,
-    }
-    if write:
-        from dnfbot.bench.report import DEFAULT_PATH, update_section
-
-        res["written"] = str(update_section("train", md, bench_file or DEFAULT_PATH))
-    return res
+        return results
 
 
 def _markdown(results: dict, speedup: float | None, **p: Any) -> str:
@@ -260,8 +254,8 @@ def _markdown(results: dict, speedup: float | None, **p: Any) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # worker entry point: python -m dnfbot.train.sft_bench --worker SPEC_JSON
+if __name__ == "__main__":  # worker entry point: python -m dnfbot.bench.train --worker SPEC_JSON
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
         print(json.dumps(_worker(json.loads(sys.argv[2]))))
     else:
-        sys.exit("usage: python -m dnfbot.train.sft_bench --worker SPEC_JSON")
+        sys.exit("usage: python -m dnfbot.bench.train --worker SPEC_JSON")

@@ -1,4 +1,6 @@
-"""Helpers every CLI module shares: JSON/pretty output, stderr console, progress bars."""
+"""The terminal: human output on stdout (`out`), progress and messages on stderr (`console`), `--json` lines.
+
+Any layer may report progress on stderr; stdout stays clean for `--json` consumers."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ from typing import Any
 
 from rich.console import Console
 
-# Human output and progress go to stderr so that stdout stays clean for --json consumers.
 console = Console(stderr=True)
 out = Console()
 

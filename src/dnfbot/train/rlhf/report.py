@@ -1,4 +1,5 @@
-"""`dnfbot report rlhf --run DIR`: what RLHF changed, as the original project showed it.
+"""`dnfbot report rlhf --run DIR`: what RLHF changed — the same held-out prompts answered before and after, side by
+side, because a mean reward alone hides what the policy learnt to do.
 
 Reads a run directory written by `dnfbot train ppo` (any --algo):
     config.json, summary.json      settings and the final summary

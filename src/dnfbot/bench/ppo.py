@@ -22,10 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dnfbot.errors import InputError
+from dnfbot.options import command_line, option
 
 MIB = 1024 * 1024
 
@@ -58,8 +60,10 @@ def measure(mode: str, args: dict[str, Any]) -> dict[str, Any]:
     import torch
     import transformers  # noqa: F401 - imported before the baseline so it is not counted
 
-    from dnfbot.train.ppo import KLController, PPOConfig, ppo_step, rollout
-    from dnfbot.train.ppo_models import build_models, parameter_storage
+    from dnfbot.train.options import PPOOptions
+    from dnfbot.train.rlhf.models import build_models, parameter_storage
+    from dnfbot.train.rlhf.ppo import KLController, ppo_step
+    from dnfbot.train.rlhf.rollout import rollout
 
     cuda = torch.cuda.is_available()
     baseline = _proc_status().get("VmRSS", 0)
@@ -105,7 +109,7 @@ def measure(mode: str, args: dict[str, Any]) -> dict[str, Any]:
             share_base=mode == "ppo",
             gradient_checkpointing=args["gradient_checkpointing"],
         )
-        cfg = PPOConfig(
+        cfg = PPOOptions(
             batch_size=B,
             mini_batch_size=B,
             micro_batch_size=B,
@@ -157,7 +161,7 @@ def measure(mode: str, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_isolated(mode: str, args: dict[str, Any]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "dnfbot.train.ppo_bench", mode, json.dumps(args)]
+    cmd = [sys.executable, "-m", "dnfbot.bench.ppo", mode, json.dumps(args)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
@@ -183,69 +187,57 @@ def _make_model(work: Path, arch: str, size: str, tokenizer: Path) -> tuple[str,
     return str(base), str(work / "sft"), str(work / "rm")
 
 
-def run_bench(
-    *,
-    model: str | None = None,
-    sft_adapter: str | Path | None = None,
-    reward_adapter: str | Path | None = None,
-    arch: str = "gpt-neox",
-    size: str = "small",
-    tokenizer: str | Path = Path("../shared/tokenizers/polyglot-ko"),
-    batch_size: int = 8,
-    prompt_tokens: int = 64,
-    new_tokens: int = 64,
-    load_in_4bit: bool = False,
-    gradient_checkpointing: bool = False,
-    naive: bool = True,
-    write: bool = True,
-    bench_file: str | Path = Path("docs/benchmarks.md"),
-) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="dnfbot-bench-ppo-") as tmp:
-        if model is None:
-            model, made_sft, made_rm = _make_model(Path(tmp), arch, size, Path(tokenizer))
-            sft_adapter, reward_adapter = sft_adapter or made_sft, reward_adapter or made_rm
-        elif reward_adapter is None:
-            raise InputError("bench ppo: with --model, also give --reward-adapter (and --sft-adapter)")
-        args = {
-            "model": str(model),
-            "sft_adapter": None if sft_adapter is None else str(sft_adapter),
-            "reward_adapter": str(reward_adapter),
-            "batch_size": batch_size,
-            "prompt_tokens": prompt_tokens,
-            "new_tokens": new_tokens,
-            "load_in_4bit": load_in_4bit,
-            "gradient_checkpointing": gradient_checkpointing,
+@dataclass
+class PPOBench:
+    """Peak memory of a PPO step vs an SFT step (and vs three full copies), tokens/s."""
+
+    section = "ppo"
+    model: str | None = option(None, "base model; default: a random-init one (--arch/--size)")
+    sft_adapter: Path | None = option(None, "default: a fresh LoRA adapter")
+    reward_adapter: Path | None = option(None, "default: a fresh SEQ_CLS adapter")
+    arch: str = option("gpt-neox", "gpt-neox | llama (random-init model)")
+    size: str = option("small", "tiny | small | 1.3b | 12.8b | 10.8b (random-init)")
+    tokenizer: Path = option(Path("../shared/tokenizers/polyglot-ko"), "tokenizer of the random-init model")
+    batch_size: int = option(8, "sequences per step (SFT batch = PPO rollout)")
+    prompt_tokens: int = option(64, "prompt tokens per sequence")
+    new_tokens: int = option(64, "response tokens (SFT: answer tokens)")
+    load_in_4bit: bool = option(False, "a 4-bit base", flag="--4bit/--no-4bit")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass")
+    naive: bool = option(True, "also measure three full model copies")
+
+    def run(self) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="dnfbot-bench-ppo-") as tmp:
+            model, sft_adapter, reward_adapter = self.model, self.sft_adapter, self.reward_adapter
+            if model is None:
+                model, made_sft, made_rm = _make_model(Path(tmp), self.arch, self.size, Path(self.tokenizer))
+                sft_adapter, reward_adapter = sft_adapter or made_sft, reward_adapter or made_rm
+            elif reward_adapter is None:
+                raise InputError("bench ppo: with --model, also give --reward-adapter (and --sft-adapter)")
+            args = {
+                "model": str(model),
+                "sft_adapter": None if sft_adapter is None else str(sft_adapter),
+                "reward_adapter": str(reward_adapter),
+                "batch_size": self.batch_size,
+                "prompt_tokens": self.prompt_tokens,
+                "new_tokens": self.new_tokens,
+                "load_in_4bit": self.load_in_4bit,
+                "gradient_checkpointing": self.gradient_checkpointing,
+            }
+            modes = ["sft", "ppo", "naive"] if self.naive else ["sft", "ppo"]
+            results = {m: _run_isolated(m, args) for m in modes}
+            n_params = _count_params(str(model))
+        sft = results["sft"]["peak_bytes"]
+        ratios = {m: r["peak_bytes"] / sft for m, r in results.items()}
+        command = command_line("dnfbot bench ppo", self)
+        return {
+            "results": results,
+            "ppo_vs_sft": ratios["ppo"],
+            "naive_vs_sft": ratios.get("naive"),
+            "target_met": ratios["ppo"] <= 1.5,
+            "parameters": n_params,
+            "command": command,
+            "markdown": _markdown(results, ratios, n_params, command, args),
         }
-        results = {m: _run_isolated(m, args) for m in (["sft", "ppo", "naive"] if naive else ["sft", "ppo"])}
-        n_params = _count_params(str(model))
-
-    sft = results["sft"]["peak_bytes"]
-    ratios = {m: r["peak_bytes"] / sft for m, r in results.items()}
-    command = _command(
-        model if sft_adapter is None else None,
-        arch,
-        size,
-        batch_size,
-        prompt_tokens,
-        new_tokens,
-        load_in_4bit,
-        gradient_checkpointing,
-    )
-    md = _markdown(results, ratios, n_params, command, args)
-    if write:
-        from dnfbot.bench.report import update_section
-
-        update_section("ppo", md, bench_file)
-    return {
-        "results": results,
-        "ppo_vs_sft": ratios["ppo"],
-        "naive_vs_sft": ratios.get("naive"),
-        "target_met": ratios["ppo"] <= 1.5,
-        "parameters": n_params,
-        "command": command,
-        "markdown": md,
-        "written": str(bench_file) if write else None,
-    }
 
 
 def _count_params(model: str) -> int | None:
@@ -257,17 +249,6 @@ def _count_params(model: str) -> int | None:
         return sum(p.numel() for p in m.parameters())
     except Exception:  # a hub id offline, an unknown architecture: the count is informative only
         return None
-
-
-def _command(model: str | None, arch: str, size: str, B: int, P: int, N: int, q4: bool, gc: bool) -> str:
-    parts = ["dnfbot bench ppo"]
-    parts += [f"--arch {arch} --size {size}"] if model is None else [f"--model {model} ..."]
-    parts += [f"--batch-size {B} --prompt-tokens {P} --new-tokens {N}"]
-    if q4:
-        parts.append("--4bit")
-    if gc:
-        parts.append("--gradient-checkpointing")
-    return " ".join(parts)
 
 
 def _markdown(results: dict, ratios: dict, n_params: int | None, command: str, args: dict) -> str:
@@ -307,5 +288,5 @@ def _markdown(results: dict, ratios: dict, n_params: int | None, command: str, a
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m dnfbot.train.ppo_bench MODE JSON_ARGS (one isolated measurement)
+if __name__ == "__main__":  # python -m dnfbot.bench.ppo MODE JSON_ARGS (one isolated measurement)
     print(json.dumps(measure(sys.argv[1], json.loads(sys.argv[2]))))

@@ -2,7 +2,7 @@
 
 1. The extractive back end over the whole corpus: the CLI command in a fresh process, wall time from process
    start (imports, corpus loading, chunking, Kiwi model load, synthesis, writing).
-2. `synth qa` with the real openai client against the fake OpenAI-compatible server (dnfbot.synth.fake_server,
+2. `synth qa` with the real openai client against the fake OpenAI-compatible server (dnfbot.bench.fake_openai,
    run as a separate process, `latency_ms` per reply) over `passages` passages taken from the corpus
    (cycled, each tagged so that every one is a distinct job key); passages/s over the job, and a check that
    every passage ended up in the output exactly once (0 lost, 0 duplicated).
@@ -16,14 +16,40 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from dnfbot.io import read_jsonl
+from dnfbot.options import option
+
+
+@dataclass
+class SynthBench:
+    """Throughput against a local fake server (20 ms latency) and the extractive back end over the corpus."""
+
+    section = "synth"
+    corpus: list[Path] | None = option(
+        None, "guide JSON, JSONL or folder; repeatable (default: the configured corpus)"
+    )
+    passages: int = option(1000, "passages sent to the local fake server")
+    latency_ms: float = option(20.0, "simulated server latency")
+    max_concurrency: int = option(32, "requests in flight")
+    config: Path | None = option(None, "YAML settings file (see `dnfbot config`)")
+
+    def run(self) -> dict:
+        from dnfbot.config import load_settings
+
+        paths = load_settings(self.config).corpus_paths(self.corpus)
+        with tempfile.TemporaryDirectory() as tmp:
+            ext = bench_extractive(paths, Path(tmp) / "extractive_qa.jsonl")
+            remote = bench_remote(paths, Path(tmp), self.passages, self.latency_ms, self.max_concurrency)
+        md = to_markdown(ext, remote, paths, self.passages, self.latency_ms, self.max_concurrency)
+        return {"extractive": ext, "fake_server": remote, "markdown": md}
 
 
 def _start_server(latency_ms: float) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dnfbot.synth.fake_server", "--latency-ms", str(latency_ms)],
+        [sys.executable, "-m", "dnfbot.bench.fake_openai", "--latency-ms", str(latency_ms)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -55,9 +81,12 @@ def bench_extractive(paths: list[str], out: Path) -> dict:
 
 
 def bench_remote(paths: list[str], workdir: Path, passages: int, latency_ms: float, concurrency: int) -> dict:
-    from dnfbot.synth.job import SynthOptions, load_chunks, plan, run_synth
+    from dnfbot.config import ChunkSettings
+    from dnfbot.corpus import load_chunks
+    from dnfbot.synth.job import SynthOptions, plan, run_synth
+    from dnfbot.synth.job import passages as job_passages
 
-    chunks = load_chunks(paths, 3000, 250)
+    chunks = load_chunks(paths, ChunkSettings()).chunks
     corpus = workdir / "bench_corpus.jsonl"
     with open(corpus, "w", encoding="utf-8") as f:
         for i in range(passages):
@@ -81,7 +110,7 @@ def bench_remote(paths: list[str], workdir: Path, passages: int, latency_ms: flo
         proc.wait(10)
     from dnfbot.synth.prompt import load_template
 
-    expected = {t.key for t in plan(load_chunks([corpus], 3000, 250), opts, load_template())[0]}
+    expected = {t.key for t in plan(job_passages([corpus], opts), opts, load_template())[0]}
     ids = [r["id"] for r in read_jsonl(out)]
     return {
         "passages": s["passages"],
@@ -95,25 +124,6 @@ def bench_remote(paths: list[str], workdir: Path, passages: int, latency_ms: flo
         "latency_ms": latency_ms,
         "concurrency": concurrency,
     }
-
-
-def run_bench(
-    paths: list[str],
-    *,
-    passages: int = 1000,
-    latency_ms: float = 20.0,
-    concurrency: int = 32,
-    write: bool = True,
-) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        ext = bench_extractive(paths, Path(tmp) / "extractive_qa.jsonl")
-        remote = bench_remote(paths, Path(tmp), passages, latency_ms, concurrency)
-    md = to_markdown(ext, remote, paths, passages, latency_ms, concurrency)
-    if write:
-        from dnfbot.bench.report import update_section
-
-        update_section("synth", md)
-    return {"extractive": ext, "fake_server": remote, "markdown": md}
 
 
 def to_markdown(ext: dict, remote: dict, paths, passages, latency_ms, concurrency) -> str:

@@ -7,7 +7,7 @@
                score head saved with it (modules_to_save); a separately loaded model when the architectures differ
 
 Only small LoRA matrices are added: the base weights exist once, also in 4-bit. Switching roles is switching the
-active adapter (`adapter_scope`). The algorithm itself (maths, rollout, PPO step, run loop) is in train/ppo.py.
+active adapter (`adapter_scope`). The algorithm: ppo.py (maths, step, loop), rollout.py, run.py.
 
 Why the reference is a frozen adapter copy and not "adapter disabled": the policy starts as base + SFT adapter and
 PPO trains that adapter. Disabling it would give the pre-SFT base model, so the KL penalty would pull the policy
@@ -250,6 +250,9 @@ def build_models(
     reward_model: str | None = None,
     policy_adapter: str | Path | None = None,
     load_in_4bit: bool = False,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    lora: Any = None,
     share_base: bool = True,
     with_reference: bool = True,
     gradient_checkpointing: bool = False,
@@ -262,21 +265,24 @@ def build_models(
     reward = `reward_adapter` on the same base when `reward_model` is not given (or is `model`), else
     `reward_model` (+ `reward_adapter`) loaded separately. share_base=False loads reference and reward model as
     separate full models (the naive set-up; used by `dnfbot bench ppo`). with_reference=False leaves the reference
-    to the caller (TRL's trainers add their own "ref" adapter)."""
+    to the caller (TRL's trainers add their own "ref" adapter). `lora` (LoraOptions' fields) shapes a fresh
+    policy adapter; dtype / trust_remote_code go to every load_model."""
+    from functools import partial
+
     from dnfbot.models import add_lora, default_lora_config, load_model
 
     torch.manual_seed(seed)
+    load = partial(load_model, load_in_4bit=load_in_4bit, dtype=dtype, trust_remote_code=trust_remote_code)
     start_adapter = policy_adapter or sft_adapter
-    lm, tokenizer = load_model(
+    lm, tokenizer = load(
         model,
         task="causal-lm",
-        load_in_4bit=load_in_4bit,
         adapter=str(start_adapter) if start_adapter else None,
         adapter_trainable=True,
     )
     if not hasattr(lm, "peft_config"):
         # no SFT adapter: the base is the SFT model; train a fresh LoRA, the reference is the base (adapters off)
-        lm = add_lora(lm, default_lora_config(lm.config, "causal-lm"))
+        lm = add_lora(lm, default_lora_config(lm.config, "causal-lm", **_lora_kwargs(lora)))
     if POLICY not in lm.peft_config:
         raise InputError(f"{start_adapter}: expected the adapter to load as '{POLICY}'")
     lm._dnfbot_trainable_adapter = POLICY
@@ -288,12 +294,7 @@ def build_models(
     if not with_reference:
         pass
     elif not share_base:
-        ref_model, _ = load_model(
-            model,
-            task="causal-lm",
-            load_in_4bit=load_in_4bit,
-            adapter=str(sft_adapter) if sft_adapter else None,
-        )
+        ref_model, _ = load(model, task="causal-lm", adapter=str(sft_adapter) if sft_adapter else None)
         ref_model.requires_grad_(False).eval()
         disable_dropout(ref_model)
     elif sft_adapter:
@@ -319,11 +320,8 @@ def build_models(
     else:
         if reward_model is None and reward_adapter is None:
             raise InputError("train ppo: give --reward-adapter (LoRA on the same base) or --reward-model")
-        rm, rm_tok = load_model(
-            reward_model or model,
-            task="seq-cls",
-            load_in_4bit=load_in_4bit,
-            adapter=str(reward_adapter) if reward_adapter else None,
+        rm, rm_tok = load(
+            reward_model or model, task="seq-cls", adapter=str(reward_adapter) if reward_adapter else None
         )
         rm.requires_grad_(False).eval()
         disable_dropout(rm)
@@ -351,6 +349,18 @@ def build_models(
         reward=reward,
         ref_adapter=ref_adapter,
         ref_model=ref_model,
+    )
+
+
+def _lora_kwargs(lora: Any) -> dict:
+    if lora is None:
+        return {}
+    return dict(
+        r=lora.lora_r,
+        alpha=lora.lora_alpha,
+        dropout=lora.lora_dropout,
+        target_modules=lora.lora_targets,
+        modules_to_save=lora.lora_modules_to_save,
     )
 
 

@@ -1,6 +1,6 @@
 """`dnfbot train ppo --algo grpo|rloo`: TRL's GRPOTrainer / RLOOTrainer on the same data, reward model and report.
 
-What is shared with our PPO (dnfbot.train.ppo), so that the runs compare like for like:
+What is shared with our PPO (rlhf/ppo.py, through rlhf/run.py), so that the runs compare like for like:
     - the policy: base + SFT adapter (trainable); TRL keeps a frozen copy of it as the "ref" adapter on the same
       base (its PEFT path), which is exactly our PPO reference;
     - the reward: the reward model's LoRA adapter loaded onto the same base (`RewardModel`), scores read at the
@@ -20,25 +20,22 @@ from typing import Any
 import torch
 
 from dnfbot.errors import InputError
-from dnfbot.io import atomic_write_json, read_jsonl, write_jsonl
-from dnfbot.train.common import MetricsWriter, last_complete_checkpoint, model_prompt, quiet_trainer
-from dnfbot.train.ppo import (
-    PPOConfig,
-    batch_indices,
-    encode_queries,
-    evaluate,
+from dnfbot.formats import model_prompt
+from dnfbot.io import atomic_write_json, read_json
+from dnfbot.train.common import MetricsWriter, last_complete_checkpoint, quiet_trainer
+from dnfbot.train.options import PPOOptions
+from dnfbot.train.rlhf.models import POLICY, PPOModels
+from dnfbot.train.rlhf.rollout import left_pad
+from dnfbot.train.rlhf.run import (
+    evaluate_after,
+    evaluate_before,
     finish_summary,
-    fixed_seed,
-    left_pad,
-    load_prompts,
-    reference_is_frozen,
-    rollout,
     save_policy,
-    split_prompts,
+    score_statistics,
+    start_run,
 )
-from dnfbot.train.ppo_models import POLICY, PPOModels, build_models
 
-ALGOS = ("grpo", "rloo")
+TRL_ALGOS = ("grpo", "rloo")
 
 # TRL log key -> our metrics.jsonl key (the PPO names, so plots and the report read both)
 _LOG_KEYS = {
@@ -84,20 +81,16 @@ class RewardFunction:
         return out
 
 
-def _trl_config(algo: str, cfg: PPOConfig, out: Path, group_size: int) -> Any:
+def _trl_config(cfg: PPOOptions, out: Path) -> Any:
     from trl import GRPOConfig, RLOOConfig
 
-    if cfg.batch_size % group_size:
-        raise InputError(
-            f"--algo {algo}: batch_size ({cfg.batch_size}) must be a multiple of group_size ({group_size})"
-        )
     on_gpu = torch.cuda.is_available()
     kwargs: dict[str, Any] = dict(
         output_dir=str(out / "trl"),
         max_steps=cfg.steps,
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=1,
-        num_generations=group_size,
+        num_generations=cfg.group_size,
         max_completion_length=cfg.max_new_tokens,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
@@ -119,102 +112,41 @@ def _trl_config(algo: str, cfg: PPOConfig, out: Path, group_size: int) -> Any:
         use_cpu=not on_gpu,
         disable_tqdm=True,
     )
-    return (GRPOConfig if algo == "grpo" else RLOOConfig)(**kwargs)
+    return (GRPOConfig if cfg.algo == "grpo" else RLOOConfig)(**kwargs)
 
 
-def run_trl_rl(
-    algo: str,
-    *,
-    model: str,
-    prompts: str | Path,
-    out_dir: str | Path,
-    sft_adapter: str | Path | None = None,
-    reward_adapter: str | Path | None = None,
-    reward_model: str | None = None,
-    cfg: PPOConfig | None = None,
-    group_size: int = 4,
-    load_in_4bit: bool = False,
-    resume: bool = True,
-    limit: int | None = None,
-    show_progress: bool = True,
-) -> dict[str, Any]:
-    """Train with TRL's GRPO or RLOO; same outputs as `run_ppo` (summary.json, eval_*.jsonl, adapter/)."""
+def run_trl_rl(opts: PPOOptions, *, show_progress: bool = True, **run_args: Any) -> dict[str, Any]:
+    """Train with TRL's GRPO or RLOO (`opts.algo`); the same outputs as `run_ppo` (summary.json, eval_*.jsonl,
+    adapter/). run_args: prompts, out_dir, sft_adapter, reward_adapter, resume (see rlhf.run.start_run)."""
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOTrainer, RLOOTrainer
 
-    if algo not in ALGOS:
-        raise InputError(f"unknown --algo '{algo}' (choose ppo, grpo or rloo)")
-    cfg = cfg or PPOConfig()
-    cfg.validate()
-    out = Path(out_dir)
-    ckpt = last_complete_checkpoint(out / "trl") if resume else None
-    if not resume and last_complete_checkpoint(out / "trl") is not None:
-        raise InputError(f"{out}: already holds checkpoints; resume (the default) or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-
-    all_prompts = load_prompts(prompts)[: limit or None]
+    if opts.algo not in TRL_ALGOS:
+        raise InputError(f"run_trl_rl: --algo {opts.algo} is not a TRL algorithm ({', '.join(TRL_ALGOS)})")
+    if opts.batch_size % opts.group_size:
+        raise InputError(
+            f"--algo {opts.algo}: batch_size ({opts.batch_size}) must be a multiple of group_size ({opts.group_size})"
+        )
     # no "ref" adapter of ours: TRL adds its own frozen copy of the policy adapter under that name
-    models = build_models(
-        model,
-        sft_adapter=sft_adapter,
-        reward_adapter=reward_adapter,
-        reward_model=reward_model,
-        load_in_4bit=load_in_4bit,
+    run = start_run(
+        opts, **run_args, find_checkpoint=lambda out: last_complete_checkpoint(out / "trl"), with_reference=False,
         gradient_checkpointing=False,
-        with_reference=False,
-        seed=cfg.seed,
-    )
-    train_prompts, eval_prompts = split_prompts(all_prompts, cfg.eval_prompts, cfg.seed)
-    train_items = encode_queries(train_prompts, models.tokenizer, cfg.max_prompt_tokens)
-    eval_items = encode_queries(eval_prompts, models.tokenizer, cfg.max_prompt_tokens)
-    if not train_items:
-        raise InputError(f"{prompts}: no training prompt fits in max_prompt_tokens={cfg.max_prompt_tokens}")
-    atomic_write_json(
-        out / "config.json",
-        {
-            "algo": algo,
-            "model": str(model),
-            "sft_adapter": None if sft_adapter is None else str(sft_adapter),
-            "reward_adapter": None if reward_adapter is None else str(reward_adapter),
-            "reward_model": reward_model,
-            "prompts": str(prompts),
-            "load_in_4bit": load_in_4bit,
-            "group_size": group_size,
-            "n_train_prompts": len(train_items),
-            "n_eval_prompts": len(eval_items),
-            "ppo": cfg.__dict__,
-        },
-    )
-
+    )  # fmt: skip
+    models, out, ckpt, cfg = run.models, run.out, run.checkpoint, opts
     # before training the policy IS the reference (the SFT model): evaluate with the policy adapter as reference
     models.ref_adapter = POLICY
-    before_path = out / "eval_before.jsonl"
-    if before_path.exists():
-        before = read_jsonl(before_path)
-    else:
-        before = evaluate(models, eval_items, cfg, cfg.seed + 1) if eval_items else []
-        write_jsonl(before_path, before)
+    before = evaluate_before(run, opts)
     stats_path = out / "reward_stats.json"
     if stats_path.exists():
-        from dnfbot.io import read_json
-
         stats = read_json(stats_path)
     else:
-        norm = [train_items[i] for i in batch_indices(1, len(train_items), cfg.norm_samples, cfg.seed + 7)]
-        with fixed_seed(cfg.seed + 2):
-            scores = rollout(models, [ids for _, ids in norm], cfg).scores
-        stats = {
-            "mean": float(scores.mean()),
-            "std": max(float(scores.std()) if len(scores) > 1 else 1.0, 1e-3),
-        }
-        if not cfg.normalize_reward:
-            stats = {"mean": 0.0, "std": 1.0}
+        mean, std = score_statistics(run, opts)
+        stats = {"mean": mean, "std": std}
         atomic_write_json(stats_path, stats)
     reward_fn = RewardFunction(models, stats["mean"], stats["std"], cfg.no_eos_penalty)
 
-    dataset = Dataset.from_list([{"prompt": model_prompt(p)} for p, _ in train_items])
+    dataset = Dataset.from_list([{"prompt": model_prompt(p)} for p, _ in run.train_items])
     writer = MetricsWriter(out / "metrics.jsonl", total_steps=cfg.steps, echo=show_progress)
     if ckpt is not None:
         writer.event("resume", step=int(ckpt.name.split("-")[-1]))
@@ -243,11 +175,11 @@ def run_trl_rl(
             self.t = now
             writer.log(state.global_step, **rec)
 
-    trainer_cls = GRPOTrainer if algo == "grpo" else RLOOTrainer
+    trainer_cls = GRPOTrainer if cfg.algo == "grpo" else RLOOTrainer
     trainer = trainer_cls(
         model=models.lm,
         reward_funcs=reward_fn,
-        args=_trl_config(algo, cfg, out, group_size),
+        args=_trl_config(cfg, out),
         train_dataset=dataset,
         processing_class=models.tokenizer,
         callbacks=[_Log()],
@@ -262,9 +194,5 @@ def run_trl_rl(
     models.lm.set_adapter(POLICY)
     models.ref_adapter = "ref" if "ref" in models.lm.peft_config else None
     save_policy(models, out / "adapter", value_head=False)
-    after = evaluate(models, eval_items, cfg, cfg.seed + 1) if eval_items else []
-    write_jsonl(out / "eval_after.jsonl", after)
-    frozen = reference_is_frozen(models, eval_items, before, cfg)
-    return finish_summary(
-        out, algo, cfg.steps, before, after, frozen, models, str(ckpt) if ckpt else None, time.time() - t_run
-    )
+    after = evaluate_after(run, opts)
+    return finish_summary(run, opts, before, after, str(ckpt) if ckpt else None, time.time() - t_run)

@@ -1,7 +1,7 @@
 """`dnfbot bench serve`: the extractive back end over real HTTP on loopback.
 
 Three measurements against a `dnfbot serve` process, each driven by a separate load-generator process
-(dnfbot.serve.loadgen) so client and server do not share an interpreter:
+(dnfbot.bench.loadgen) so client and server do not share an interpreter:
   1. /ask, closed loop, `concurrency` clients for `duration` seconds: requests/s, latency p50/p95/p99, errors;
   2. time to first token of streaming chat completions, one at a time;
   3. a burst of `stream_clients` simultaneous streaming requests: each is served to `data: [DONE]` or refused
@@ -17,10 +17,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from dnfbot.bench.report import update_section
 from dnfbot.errors import DnfbotError
+from dnfbot.options import command_line, option
 
 TARGET_RPS = 200
 TARGET_P95_MS = 50
@@ -67,7 +68,7 @@ def _loadavg() -> str:
 
 
 def _loadgen(args: list[str], timeout: float) -> dict:
-    cmd = [sys.executable, "-m", "dnfbot.serve.loadgen", *args]
+    cmd = [sys.executable, "-m", "dnfbot.bench.loadgen", *args]
     env = {k: v for k, v in os.environ.items() if k != "DNFBOT_API_KEY"}  # the bench server runs without one
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if p.returncode != 0:
@@ -147,53 +148,61 @@ class _Server:
         return self.proc.returncode
 
 
-def run_bench(
-    index_dir: Path | None = None,
-    corpus: list[str] | None = None,
-    queries: Path = Path("eval/dev.jsonl"),
-    duration: float = 60.0,
-    concurrency: int = 16,
-    stream_clients: int = 200,
-    config: Path | None = None,
-    write: bool = True,
-    report_path: Path | None = None,
-    max_concurrent: int = 32,
-    cpu_threads: int = 2,
-    workers: int = 2,
-) -> dict:
-    from dnfbot.commands import read_questions
+@dataclass
+class ServeBench:
+    """Throughput/latency of /ask, time to first token, and a burst of streams — over real HTTP."""
 
-    questions = read_questions(queries)
+    section = "serve"
+    index_dir: Path | None = option(None, "index folder (default: $DNFBOT_HOME/index or the user data dir)")
+    corpus: list[Path] | None = option(None, "build a fresh index from this corpus (default: the live index)")
+    queries: Path = option(Path("eval/dev.jsonl"), "questions to ask (JSONL)")
+    duration: float = option(60.0, "seconds of the /ask load run")
+    concurrency: int = option(16, "clients in the /ask run")
+    stream_clients: int = option(200, "simultaneous streaming requests")
+    workers: int = option(2, "server processes (dnfbot serve --workers; one per core)")
+    max_concurrent: int = option(32, "the server's requests in flight per worker")
+    cpu_threads: int = option(2, "the server's threads for retrieval and extractive answers")
+    config: Path | None = option(None, "YAML settings file (see `dnfbot config`)")
+
+    def run(self) -> dict:
+        return _run(self)
+
+
+def _run(b: ServeBench) -> dict:
+    from dnfbot.rag import read_questions
+
+    index_dir = b.index_dir
+    questions = read_questions(b.queries)
     with tempfile.TemporaryDirectory() as tmp:
         qfile = Path(tmp) / "questions.txt"
         qfile.write_text("\n".join(" ".join(q.split()) for q in questions) + "\n", encoding="utf-8")
-        if corpus:
-            from dnfbot.commands import _settings
+        if b.corpus:
+            from dnfbot.config import load_settings
             from dnfbot.retrieval.index import build_index
 
             index_dir = Path(tmp) / "index"
-            build_index(corpus, index_dir, _settings(config))
-        server = _Server(index_dir, config, max_concurrent, cpu_threads, workers)
+            build_index(b.corpus, index_dir, load_settings(b.config))
+        server = _Server(index_dir, b.config, b.max_concurrent, b.cpu_threads, b.workers)
         try:
             warm_s = server.wait_warm()
             load_before = _loadavg()
             cpu0, t0 = _cpu_seconds(server.proc.pid), time.perf_counter()
-            ask = _loadgen(["ask", "--url", server.url, "--questions", str(qfile), "--duration", str(duration),
-                            "--concurrency", str(concurrency)], timeout=duration + 120)  # fmt: skip
+            ask = _loadgen(["ask", "--url", server.url, "--questions", str(qfile), "--duration", str(b.duration),
+                            "--concurrency", str(b.concurrency)], timeout=b.duration + 120)  # fmt: skip
             cpu1, t1 = _cpu_seconds(server.proc.pid), time.perf_counter()
             load_after = _loadavg()
             ttft = _loadgen(["ttft", "--url", server.url, "--questions", str(qfile), "--requests", "50"], 300)
             burst = _loadgen(["burst", "--url", server.url, "--questions", str(qfile), "--clients",
-                              str(stream_clients), "--timeout", "120"], timeout=300)  # fmt: skip
+                              str(b.stream_clients), "--timeout", "120"], timeout=300)  # fmt: skip
             alive_after = server.alive()
         finally:
             rc = server.stop()
     server_cpu = round((cpu1 - cpu0) / (t1 - t0), 2) if cpu0 is not None and cpu1 is not None else None
     result = {
         "questions": len(questions),
-        "max_concurrent": max_concurrent,
-        "cpu_threads": cpu_threads,
-        "workers": workers,
+        "max_concurrent": b.max_concurrent,
+        "cpu_threads": b.cpu_threads,
+        "workers": b.workers,
         "http_stack": http_stack(),
         "warm_s": round(warm_s, 1),
         "ask": ask,
@@ -211,18 +220,9 @@ def run_bench(
             "burst": burst["hung"] == 0 and burst["failed"] == 0 and alive_after,
         },
     }
-    cmd = (
-        "dnfbot bench serve"
-        + (f" --duration {duration:g}" if duration != 60 else "")
-        + (f" --concurrency {concurrency}" if concurrency != 16 else "")
-        + (f" --stream-clients {stream_clients}" if stream_clients != 200 else "")
-        + (f" --workers {workers}" if workers != 2 else "")
-        + (" --corpus " + " --corpus ".join(corpus) if corpus else "")
-    )
+    cmd = command_line("dnfbot bench serve", b)
     result["command"] = cmd
     result["markdown"] = to_markdown(result)
-    if write:
-        update_section("serve", result["markdown"], **({"path": report_path} if report_path else {}))
     return result
 
 
@@ -237,7 +237,7 @@ def to_markdown(r: dict) -> str:
         "",
         f"`{r['command']}` — `dnfbot serve --warm --no-access-log` ({r['http_stack']}, --workers {r['workers']}, "
         f"--max-concurrent {r['max_concurrent']} per worker, --cpu-threads {r['cpu_threads']}) on loopback; load from a "
-        f"separate process (`python -m dnfbot.serve.loadgen`, "
+        f"separate process (`python -m dnfbot.bench.loadgen`, "
         f"keep-alive connections) cycling through {r['questions']} dev-set questions. Passage analysis warmed "
         f"first ({r['warm_s']} s).",
         "",

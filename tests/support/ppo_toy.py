@@ -18,9 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dnfbot.formats import EOS
+from dnfbot.formats import EOS, model_prompt
 from dnfbot.io import write_jsonl
-from dnfbot.train.common import model_prompt
 
 FRUITS = ["사과", "바나나", "포도", "딸기", "수박", "참외"]
 TARGET = "사과"

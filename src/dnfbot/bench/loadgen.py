@@ -1,8 +1,8 @@
 """A small HTTP/1.1 load generator for `dnfbot bench serve`, run as its own process.
 
-    python -m dnfbot.serve.loadgen ask    --url URL --questions q.txt --duration 60 --concurrency 16
-    python -m dnfbot.serve.loadgen ttft   --url URL --questions q.txt --requests 50
-    python -m dnfbot.serve.loadgen burst  --url URL --questions q.txt --clients 200
+    python -m dnfbot.bench.loadgen ask    --url URL --questions q.txt --duration 60 --concurrency 16
+    python -m dnfbot.bench.loadgen ttft   --url URL --questions q.txt --requests 50
+    python -m dnfbot.bench.loadgen burst  --url URL --questions q.txt --clients 200
 
 A server started with DNFBOT_API_KEY is asked with the same key, read from the environment (never a flag).
 
@@ -20,7 +20,7 @@ import sys
 import time
 from urllib.parse import urlparse
 
-import numpy as np
+from dnfbot.eval.metrics import latency_ms
 
 
 class HTTPError(Exception):
@@ -87,16 +87,8 @@ def _target(url: str) -> tuple[str, int]:
     return u.hostname or "127.0.0.1", u.port or 80
 
 
-def _pct(values: list[float]) -> dict:
-    if not values:
-        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None}
-    a = np.array(values) * 1000
-    return {
-        "p50_ms": round(float(np.percentile(a, 50)), 2),
-        "p95_ms": round(float(np.percentile(a, 95)), 2),
-        "p99_ms": round(float(np.percentile(a, 99)), 2),
-        "max_ms": round(float(a.max()), 2),
-    }
+def _pct(seconds: list[float]) -> dict:
+    return latency_ms(seconds, (50, 95, 99), digits=2, with_max=True)
 
 
 async def run_ask(url: str, questions: list[str], duration: float, concurrency: int, key: str | None) -> dict:
@@ -228,7 +220,7 @@ async def run_burst(url: str, questions: list[str], clients: int, key: str | Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m dnfbot.serve.loadgen")
+    p = argparse.ArgumentParser(prog="python -m dnfbot.bench.loadgen")
     p.add_argument("mode", choices=["ask", "ttft", "burst"])
     p.add_argument("--url", required=True)
     p.add_argument("--questions", required=True, help="text file, one question per line")
