@@ -19,9 +19,10 @@ class IndexDamagedError(IndexMissingError):
     """The live index is incomplete, truncated or unreadable. `sources` are the corpus paths it was built from,
     when its manifest still says (then it can be rebuilt without asking)."""
 
-    def __init__(self, message: str, sources: list[str] | None = None):
+    def __init__(self, message: str, sources: list[str] | None = None, reason: str = ""):
         super().__init__(message)
         self.sources = sources
+        self.reason = reason or message
 
 
 class OutputError(DnfbotError):
