@@ -62,6 +62,12 @@ def open_rag(
         on_rebuild=lambda b: console.print(
             "[yellow]corpus or settings changed since the index was built: rebuilding…"
         ),
+        on_repair=lambda reason: console.print(
+            f"index is damaged ({reason}): rebuilding it…", style="yellow", markup=False, soft_wrap=True
+        ),
+        on_keep_stale=lambda msg: console.print(
+            f"warning: {msg}; answering from it as it is", style="yellow", markup=False, soft_wrap=True
+        ),
     )
     generator = None
     if settings.generation.backend != "extractive":
@@ -137,7 +143,13 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         if missing:
             raise InputError(f"{missing[0]}: corpus not found. {CORPUS_HELP}")
         with console.status("building index (Kiwi tokenization + BM25)…"):
-            result = build_index(paths, _index_dir(index_dir, settings), settings, force=force)
+            result = build_index(
+                paths,
+                _index_dir(index_dir, settings),
+                settings,
+                force=force,
+                on_wait=lambda: console.print("waiting for another build of this index to finish…"),
+            )
         d = result.to_dict()
         if json_out:
             emit_json(d)
@@ -172,6 +184,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             "params": m["params"],
             "stale": is_stale(build, settings),
             "dense": (build.path / "dense").exists(),
+            "checksums": store.verify_build(build, deep=True) or "ok",
         }
         if json_out:
             emit_json(d)
@@ -522,6 +535,36 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                 f"wrote {target}: top-1 right sentence on the tune split {r['top1_hand_tune']:.3f} (hand) → "
                 f"{r['top1_tune']:.3f}; held out {r.get('top1_hand_held_out', 0):.3f} → {r.get('top1_held_out', 0):.3f}"
             )
+
+    @bench.command("index")
+    def bench_index(
+        corpus_paths: list[Path] = typer.Option(None, "--corpus", help="default: the configured corpus"),
+        scale: bool = typer.Option(False, "--scale", help="also build the --factors multiples of the corpus"),
+        factors: str = typer.Option("1,10,100", "--factors", help="with --scale: corpus multiples to build"),
+        long_mb: str = typer.Option("", "--long-mb", help="also one article of each of these sizes (MB)"),
+        timeout: float = typer.Option(None, "--timeout", help="give up on a case after this many seconds"),
+        write: bool = typer.Option(True, "--write/--no-write", help="update docs/benchmarks.md"),
+        config: Path = ConfigOpt,
+        json_out: bool = JsonOpt,
+    ):
+        """Index build seconds, peak memory and chars/s at 1×, 10×, 100× the corpus and for long articles."""
+        from dnfbot.bench.index_scale import parse_numbers, run_scale_bench
+
+        settings = _settings(config)
+        paths = [str(p) for p in corpus_paths] if corpus_paths else settings.corpus
+        result = run_scale_bench(
+            paths,
+            settings,
+            factors=[int(f) for f in parse_numbers(factors, "--factors")] if scale else [1],
+            long_mb=parse_numbers(long_mb, "--long-mb"),
+            config=config,
+            write=write,
+            timeout=timeout,
+        )
+        if json_out:
+            emit_json(result)
+        else:
+            out.print(result["markdown"])
 
     @bench.command("retrieval")
     def bench_retrieval(

@@ -19,10 +19,13 @@ class IndexDamagedError(IndexMissingError):
     """The live index is incomplete, truncated or unreadable. `sources` are the corpus paths it was built from,
     when its manifest still says (then it can be rebuilt without asking)."""
 
-    def __init__(self, message: str, sources: list[str] | None = None, reason: str = ""):
+    def __init__(
+        self, message: str, sources: list[str] | None = None, reason: str = "", build_name: str | None = None
+    ):
         super().__init__(message)
         self.sources = sources
         self.reason = reason or message
+        self.build_name = build_name  # the build found unreadable, when one was
 
 
 class OutputError(DnfbotError):

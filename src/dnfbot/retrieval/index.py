@@ -84,11 +84,13 @@ def build_index(
     force: bool = False,
     tokenizer: KoreanTokenizer | None = None,
     on_wait: Callable[[], None] | None = None,
+    unless_live: str | None = None,
 ) -> BuildResult:
     """Build (or keep, when the corpus and settings are unchanged and the live build is intact) the index for
     `corpus` in `index_dir`. Builders of one index dir take turns (on_wait: called if this one has to wait);
     one that waited finds the build the other made and keeps it. A build that cannot be written (disk full,
-    permissions) is an OutputError, and the previous build stays live."""
+    permissions) is an OutputError, and the previous build stays live. `unless_live`: the name of a build
+    known to be unreadable — rebuild if it is still the live one, even though its fingerprint matches."""
     t0 = time.perf_counter()
     index_dir = Path(index_dir)
     sources = store.describe_sources(corpus)
@@ -99,7 +101,7 @@ def build_index(
         if not force:
             try:
                 live = store.current_build(index_dir)
-                if live.fingerprint == fp:
+                if live.fingerprint == fp and live.path.name != unless_live:
                     return BuildResult(live, False, time.perf_counter() - t0)
             except IndexMissingError:  # none yet, or damaged: build
                 pass
@@ -216,14 +218,21 @@ def is_stale(build: store.Build, settings: Settings) -> bool | None:
 
 
 def open_index(
-    index_dir: Path, settings: Settings, *, refresh: bool = True, on_rebuild=None, on_repair=None
+    index_dir: Path,
+    settings: Settings,
+    *,
+    refresh: bool = True,
+    on_rebuild=None,
+    on_repair=None,
+    on_keep_stale=None,
 ) -> tuple[SparseIndex, store.Build]:
     """Load the live index; rebuild it first if its corpus or settings changed (refresh=True).
 
     A damaged build (incomplete, truncated, unreadable) is rebuilt from the corpus its manifest names when
     that corpus is still there (on_repair(reason) is called first), else refused with IndexDamagedError
-    saying how to rebuild. The build returned is pinned for as long as the index object lives: a concurrent
-    rebuild never removes it from under this reader."""
+    saying how to rebuild. A refresh that cannot be written (read-only index, disk full) raises OutputError,
+    or, given on_keep_stale(message), reports it and loads the previous build as it is. The build returned is
+    pinned for as long as the index object lives: a concurrent rebuild never removes it from this reader."""
     index_dir = Path(index_dir)
     try:
         build = store.current_build(index_dir)
@@ -232,13 +241,18 @@ def open_index(
     if refresh and is_stale(build, settings):
         if on_rebuild:
             on_rebuild(build)
-        build_index(
-            [s["path"] for s in build.manifest["sources"]], index_dir, with_build_dense(settings, build)
-        )
+        try:
+            build_index(
+                [s["path"] for s in build.manifest["sources"]], index_dir, with_build_dense(settings, build)
+            )
+        except OutputError as e:
+            if on_keep_stale is None:
+                raise
+            on_keep_stale(str(e))
     try:
         return _load_pinned(index_dir, settings)
     except IndexDamagedError as e:  # its files could not be read after all
-        _repair(index_dir, settings, e, on_repair)
+        _repair(index_dir, settings, e, on_repair, unless_live=e.build_name)
         return _load_pinned(index_dir, settings)
 
 
@@ -259,13 +273,16 @@ def _reason(e: Exception, build_path: Path) -> str:
     return text.replace(f"{build_path}/", "").replace(str(build_path), build_path.name)
 
 
-def _repair(index_dir: Path, settings: Settings, err: IndexDamagedError, on_repair) -> store.Build:
-    """Rebuild a damaged index from its own corpus, or re-raise `err` when that corpus is not known or gone."""
+def _repair(
+    index_dir: Path, settings: Settings, err: IndexDamagedError, on_repair, unless_live: str | None = None
+) -> store.Build:
+    """Rebuild a damaged index from its own corpus, or re-raise `err` when that corpus is not known or gone.
+    (Not forced: a process that waited for another's repair finds it done.)"""
     if not err.sources or not all(Path(p).exists() for p in err.sources):
         raise err
     if on_repair:
         on_repair(err.reason)
-    return build_index(err.sources, index_dir, settings).build
+    return build_index(err.sources, index_dir, settings, unless_live=unless_live).build
 
 
 def open_retriever(index: SparseIndex, build: store.Build, settings: Settings, mode: str | None = None):

@@ -117,17 +117,20 @@ def rebuild_hint(index_dir: Path, sources: list[str] | None = None) -> str:
     return f"`dnfbot index build --index-dir {index_dir} {corpus} --force`"
 
 
-def _damaged(index_dir: Path, reason: str, sources: list[str] | None = None) -> IndexDamagedError:
+def _damaged(
+    index_dir: Path, reason: str, sources: list[str] | None = None, build_name: str | None = None
+) -> IndexDamagedError:
     return IndexDamagedError(
         f"index in {index_dir} is damaged ({reason}): rebuild it with {rebuild_hint(index_dir, sources)}",
         sources,
         reason,
+        build_name,
     )
 
 
 def damaged(build: Build, reason: str) -> IndexDamagedError:
     """The error for a build whose files turned out unreadable (when loading them)."""
-    return _damaged(build.path.parent, reason, _sources_of(build.manifest))
+    return _damaged(build.path.parent, reason, _sources_of(build.manifest), build.path.name)
 
 
 def current_name(index_dir: Path) -> str:
@@ -207,7 +210,9 @@ def _sources_of(manifest: Any) -> list[str] | None:
 def find_sources(index_dir: Path, skip: str | None = None) -> list[str] | None:
     """The corpus of the newest build in index_dir whose manifest still names one (to rebuild a damaged index)."""
     try:
-        builds = sorted((p for p in Path(index_dir).glob("build-*") if p.name != skip), key=_mtime, reverse=True)
+        builds = sorted(
+            (p for p in Path(index_dir).glob("build-*") if p.name != skip), key=_mtime, reverse=True
+        )
     except OSError:
         return None
     for p in builds:

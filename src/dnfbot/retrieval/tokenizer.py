@@ -190,8 +190,11 @@ class KoreanTokenizer:
         with self._lock:
             results = list(self._kiwi.tokenize([piece for _, _, _, piece in batch]))
         for (ti, a, b, _), toks in zip(batch, results, strict=True):
-            yield ti, b, [(form, a + t.start, a + t.start + t.len) for t in toks if (form := _kept(t)) is not None]
-
+            yield (
+                ti,
+                b,
+                [(form, a + t.start, a + t.start + t.len) for t in toks if (form := _kept(t)) is not None],
+            )
 
 
 def _norm(form: str) -> str:
