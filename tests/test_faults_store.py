@@ -164,6 +164,25 @@ def test_damaged_index_whose_corpus_is_gone_is_refused_in_one_line(built):
         one_line_error(cli(*args, "--index-dir", str(index_dir)), "damaged", f"--corpus {corpus}")
 
 
+def test_an_index_left_broken_by_an_older_dnfbot_is_rebuilt(built):
+    """Format 2, killed between the two renames of a same-content --force rebuild: CURRENT names a build that
+    is gone, and the build it meant sits in .old-*."""
+    _, index_dir = built
+    b = live(index_dir)
+    m = read_json(b.path / "manifest.json")
+    m["format_version"] = 2
+    del m["files"]
+    (b.path / "manifest.json").write_text(json.dumps(m), encoding="utf-8")
+    old = index_dir / ".old-1733130000000000000"
+    b.path.rename(old)
+    (index_dir / "CURRENT").write_text("build-0123456789abcdef\n", encoding="utf-8")
+    repaired: list[str] = []
+    idx, build = open_index(index_dir, Settings(), on_repair=repaired.append)
+    assert repaired and "missing" in repaired[0]
+    assert idx.search("무의 장막 신수", k=1)[0].chunk.doc_id == "0" and not old.exists()
+    build.release()
+
+
 def test_build_over_a_damaged_index_rebuilds_instead_of_saying_up_to_date(built):
     corpus, index_dir = built
     (live(index_dir).path / "spans_offsets.npy").unlink()
@@ -459,7 +478,9 @@ def _raid_corpus(path: Path) -> Path:
                 f"{name}의 패턴은 단계마다 달라지므로 미리 익혀 두는 것이 좋습니다. "
                 "클리어 보상은 계정마다 한 번 받을 수 있습니다."
             )
-            f.write(json.dumps({"id": str(i), "title": f"{name} 레이드 공략", "text": text}, ensure_ascii=False))
+            f.write(
+                json.dumps({"id": str(i), "title": f"{name} 레이드 공략", "text": text}, ensure_ascii=False)
+            )
             f.write("\n")
     return path
 

@@ -88,7 +88,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise output_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), new_file_mode(path))
+            if hasattr(os, "fchmod"):  # POSIX; on Windows the file keeps its default permissions
+                os.fchmod(f.fileno(), new_file_mode(path))
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -328,7 +328,13 @@ class SparseIndex:
             return None
         a, b = int(self._span_offsets[position]), int(self._span_offsets[position + 1])
         try:
-            return [tuple(x) for x in json.loads(os.pread(fd, b - a, a))]
+            if hasattr(os, "pread"):
+                line = os.pread(fd, b - a, a)
+            else:  # Windows: no pread; a fresh handle per read (the build's files stay, it is not POSIX)
+                with open(self.build_dir / SPANS_FILE, "rb") as f:
+                    f.seek(a)
+                    line = f.read(b - a)
+            return [tuple(x) for x in json.loads(line)]
         except (OSError, ValueError, TypeError):
             return None
 

@@ -208,11 +208,11 @@ def _sources_of(manifest: Any) -> list[str] | None:
 
 
 def find_sources(index_dir: Path, skip: str | None = None) -> list[str] | None:
-    """The corpus of the newest build in index_dir whose manifest still names one (to rebuild a damaged index)."""
+    """The corpus of the newest build in index_dir whose manifest still names one (to rebuild a damaged index).
+    `.old-*` counts too: where dnfbot before format 3 was killed in a `--force` rebuild, the live build is there."""
     try:
-        builds = sorted(
-            (p for p in Path(index_dir).glob("build-*") if p.name != skip), key=_mtime, reverse=True
-        )
+        found = [*Path(index_dir).glob("build-*"), *Path(index_dir).glob(".old-*")]
+        builds = sorted((p for p in found if p.name != skip), key=_mtime, reverse=True)
     except OSError:
         return None
     for p in builds:
