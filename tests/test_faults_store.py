@@ -687,3 +687,24 @@ def test_atomic_write_into_a_missing_or_blocked_place_is_an_output_error(tmp_pat
         atomic_write_text(tmp_path / "f" / "sub" / "out.txt", "y")
     with pytest.raises(OutputError, match="is a folder"):
         atomic_write_text(tmp_path, "y")
+
+
+def test_disk_full_when_switching_current_keeps_the_previous_build(built, monkeypatch):
+    import errno
+
+    corpus, index_dir = built
+    before = live(index_dir)
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(store, "atomic_write_text", full)
+    with pytest.raises(OutputError) as e:
+        build_index([corpus], index_dir, Settings(), force=True)
+    msg = str(e.value)
+    assert msg.count("cannot write the index") == 1 and "no space left on device" in msg
+    assert f"previous index ({before.path.name}) is still live" in msg
+    assert live(index_dir).path == before.path and not list(index_dir.glob(".tmp-*"))
+    monkeypatch.undo()
+    after = build_index([corpus], index_dir, Settings(), force=True).build
+    assert [p.name for p in index_dir.glob("build-*")] == [after.path.name]  # the orphan is cleaned up

@@ -293,8 +293,14 @@ def _pin(path: Path) -> IO | None | bool:
 
 
 # --- writing --------------------------------------------------------------------------------------------------
-def write_error(index_dir: Path, e: OSError | OutputError, path: Path | None = None) -> OutputError:
+class IndexWriteError(OutputError):
+    """An index build could not be written; the message says what is live instead."""
+
+
+def write_error(index_dir: Path, e: OSError | OutputError, path: Path | None = None) -> IndexWriteError:
     """One line: what could not be written, and what is live now."""
+    if isinstance(e, IndexWriteError):
+        return e
     try:
         live = f"the previous index ({current_name(index_dir)}) is still live"
     except IndexMissingError:
@@ -304,7 +310,7 @@ def write_error(index_dir: Path, e: OSError | OutputError, path: Path | None = N
     else:
         where = path if path is not None else Path(e.filename) if e.filename else index_dir
         detail = f"{where}: {os_error_reason(e, where)}"
-    return OutputError(f"cannot write the index in {index_dir} ({detail}); {live}")
+    return IndexWriteError(f"cannot write the index in {index_dir} ({detail}); {live}")
 
 
 @contextlib.contextmanager
