@@ -284,9 +284,14 @@ def _repair(
     return build_index(err.sources, index_dir, settings, unless_live=unless_live).build
 
 
+RETRIEVAL_MODES = ("auto", "sparse", "dense", "hybrid")
+
+
 def open_retriever(index: SparseIndex, build: store.Build, settings: Settings, mode: str | None = None):
     """The retriever for `mode` (sparse | dense | hybrid | auto): auto is hybrid when the build has a dense index."""
     mode = mode or settings.dense.mode
+    if mode not in RETRIEVAL_MODES:  # before the index is looked at: "no dense index" would mislead
+        raise InputError(f"--mode: unknown retrieval mode {mode!r}; choose one of {', '.join(RETRIEVAL_MODES)}")
     has_dense = (build.path / "dense").exists()
     if mode == "auto":
         mode = "hybrid" if has_dense else "sparse"
