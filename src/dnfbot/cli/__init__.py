@@ -105,6 +105,8 @@ def main() -> None:
         if line:
             typer.echo(line, err=True)
         sys.exit(code)
+    if rc == 130:  # typer turns Ctrl-C into a silent exit code 130 (standalone_mode=False)
+        typer.echo("aborted (interrupted)", err=True)
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

@@ -125,7 +125,9 @@ def load_qa(paths: list[str | Path]) -> list[dict]:
             )
             out.append(rec)
         if len(out) == before:  # a 0-record dataset downstream helps nobody: say which input was empty
-            raise InputError(f"{path}: no QA records (an empty file: run `dnfbot synth qa --out {path}` first)")
+            raise InputError(
+                f"{path}: no QA records (an empty file: run `dnfbot synth qa --out {path}` first)"
+            )
     return out
 
 

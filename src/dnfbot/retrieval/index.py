@@ -291,7 +291,9 @@ def open_retriever(index: SparseIndex, build: store.Build, settings: Settings, m
     """The retriever for `mode` (sparse | dense | hybrid | auto): auto is hybrid when the build has a dense index."""
     mode = mode or settings.dense.mode
     if mode not in RETRIEVAL_MODES:  # before the index is looked at: "no dense index" would mislead
-        raise InputError(f"--mode: unknown retrieval mode {mode!r}; choose one of {', '.join(RETRIEVAL_MODES)}")
+        raise InputError(
+            f"--mode: unknown retrieval mode {mode!r}; choose one of {', '.join(RETRIEVAL_MODES)}"
+        )
     has_dense = (build.path / "dense").exists()
     if mode == "auto":
         mode = "hybrid" if has_dense else "sparse"
