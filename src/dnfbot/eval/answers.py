@@ -120,7 +120,10 @@ def evaluate_answers(rag, items: list[DevItem], split: str | None = None) -> dic
         t = time.perf_counter()
         ans = rag.ask(it.question)
         rows.append(_row(it, ans, time.perf_counter() - t))
-    report = {"overall": _summary(rows), "ask_ms_p50": percentile([r["ms"] for r in rows], 50) if rows else 0.0}
+    report = {
+        "overall": _summary(rows),
+        "ask_ms_p50": percentile([r["ms"] for r in rows], 50) if rows else 0.0,
+    }
     report["by_kind"] = {
         k: _summary([r for r in rows if r["kind"] == k]) for k in sorted({r["kind"] for r in rows})
     }

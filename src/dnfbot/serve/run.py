@@ -46,7 +46,11 @@ def run_server(
     os.environ[SPEC_ENV] = json.dumps(spec)  # spawned workers inherit it; it holds no secret
     # a worker opening the index on a busy machine can miss uvicorn's 5 s health ping and be killed in a loop
     config = uvicorn.Config(
-        "dnfbot.serve.run:app_from_env", factory=True, workers=workers, timeout_worker_healthcheck=60, **common
+        "dnfbot.serve.run:app_from_env",
+        factory=True,
+        workers=workers,
+        timeout_worker_healthcheck=60,
+        **common,
     )
     Multiprocess(config, sockets=[sock]).run()
 
