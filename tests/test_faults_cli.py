@@ -115,6 +115,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "unknown command": (["frobnicate"], ["No such command 'frobnicate'"]),
     "unknown subcommand": (["index", "frobnicate"], ["No such command 'frobnicate'", "dnfbot index"]),
     "port not a number": (["serve", "--port", "http"], ["--port"]),
+    "serve on an address not here": (
+        ["serve", "--host", "192.0.2.1", "--port", "0", "--index-dir", "{index}"],
+        ["--host 192.0.2.1", "cannot listen"],
+    ),
     # settings files: the file and the field, refused before anything is built
     "config is a folder": (["config", "--config", "{dir}"], ["{dir}", "directory"]),
     "config in cp949": (["config", "--config", "{cfg_cp949}"], ["cp949.yaml", "UTF-8"]),

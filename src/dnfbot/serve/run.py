@@ -20,11 +20,17 @@ def bind_socket(host: str, port: int):
     """A listening socket, bound before uvicorn starts: port 0 picks a free port, and the real one is known."""
     import socket
 
+    from dnfbot.errors import InputError
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:  # a port in use, an address not on this machine, a name that does not resolve
+        sock.close()
+        raise InputError(f"--host {host} --port {port}: cannot listen there: {e.strerror or e}") from None
     sock.set_inheritable(True)
     return sock
 
