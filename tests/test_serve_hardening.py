@@ -33,12 +33,17 @@ ASK = {"question": "더스크 피로도 얼마나 들어?"}
 
 
 @pytest.fixture(scope="module")
-def backends(tmp_path_factory):
+def index_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("serve_hard")
     corpus = root / "guide.json"
     shutil.copy(MINI, corpus)
     build_index([corpus], root / "index", Settings(home=root))
-    return open_backends(root / "index")
+    return root / "index"
+
+
+@pytest.fixture(scope="module")
+def backends(index_dir):
+    return open_backends(index_dir)
 
 
 def slow_client(url: str, body_bytes: int = 1000) -> socket.socket:
@@ -155,3 +160,12 @@ def test_limits_are_checked():
     ):
         with pytest.raises(InputError):
             Limits(**bad).validate()
+
+
+def test_bench_serve_hostile_runs_a_real_server(index_dir):
+    """`dnfbot bench serve-hostile`'s measurement on the mini index, small: all answered, no traceback."""
+    from dnfbot.bench.serve_hostile import HostileServeBench
+
+    r = HostileServeBench(slow_clients=6, normal=3, rounds=1, index_dir=index_dir).run()
+    assert r["loaded"]["ok"] == r["loaded"]["requests"] == 3 and r["after"]["status"] == 200
+    assert r["server_tracebacks"] == 0 and "| with 6 slow-body clients | 3/3 |" in r["markdown"]
