@@ -173,7 +173,8 @@ class Guard:
         if not server or not is_loopback(str(server[0])):
             return True
         name = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-        return name.lower() in self.hosts
+        # no Host at all (an HTTP/1.0 probe) is no browser
+        return not name or is_loopback(name) or name.lower() in self.hosts
 
     def _authorised(self, header: bytes) -> bool:
         scheme, _, token = header.partition(b" ")
