@@ -169,3 +169,13 @@ def test_bench_serve_hostile_runs_a_real_server(index_dir):
     r = HostileServeBench(slow_clients=6, normal=3, rounds=1, index_dir=index_dir).run()
     assert r["loaded"]["ok"] == r["loaded"]["requests"] == 3 and r["after"]["status"] == 200
     assert r["server_tracebacks"] == 0 and "| with 6 slow-body clients | 3/3 |" in r["markdown"]
+
+
+def test_routing_errors_are_openai_error_objects_and_head_health_works(backends):
+    with ServerThread(create_app(backends)) as url:
+        r = httpx.get(url + "/v1/nothing")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        r = httpx.get(url + "/ask")
+        assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+        assert "POST" in r.headers["allow"]
+        assert httpx.head(url + "/healthz").status_code == 200

@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Iterator
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dnfbot import __version__
 from dnfbot.conversation import split_messages
@@ -136,6 +137,13 @@ def create_app(
     async def _upstream(request: Request, exc: DnfbotError):
         return _error(502, str(exc), "upstream_error", "generator_failed")
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        # 404 / 405 from routing: OpenAI's error object like every other error (not FastAPI's {"detail": …})
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return _error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code,
+                      headers=getattr(exc, "headers", None))  # fmt: skip
+
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):
         log.exception("request failed")
@@ -160,7 +168,7 @@ def create_app(
         name = model[len(MODEL_PREFIX) :] if model.startswith(MODEL_PREFIX) else model
         return name if name in backends.rags else None
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])  # HEAD: what uptime probes send
     async def healthz():
         cache = backends.passage_cache()
         rag = backends.get(None)
