@@ -153,8 +153,11 @@ class PPOOptions(LoraOptions, ModelOptions):
     adaptive_kl: bool = option(False, "adaptive KL controller", flag="--adaptive-kl/--fixed-kl")
     target_kl: float = option(6.0, "nats per response, for the adaptive controller")
     kl_horizon: int = option(10000, "episodes, for the adaptive controller")
+    # in units of the initial policy's reward std (normalize_reward): at 1.0 "emit EOS" outweighed the reward
+    # model's own spread and PPO optimised stopping, not the RM (issue 13); at 0.5 the RM signal dominates
     no_eos_penalty: float = option(
-        1.0, "subtracted from the normalised score of responses without EOS (0 disables)"
+        0.5,
+        "subtracted from the normalised score of responses without EOS, in initial-reward stds (0 disables)",
     )
     normalize_reward: bool = option(True, "(score - mean) / std with the initial policy's statistics")
     norm_samples: int = option(64, "prompts for those statistics")
