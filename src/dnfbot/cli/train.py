@@ -126,6 +126,9 @@ def train_ppo(
     ),
     config: Path = RUN_CONFIG,
     resume: bool = RESUME,
+    force: bool = typer.Option(
+        False, "--force", help="resume even though the options or inputs differ from the run's config.json"
+    ),
     json_out: bool = JSON,
     options: dict = None,
 ):
@@ -145,7 +148,7 @@ def train_ppo(
     set_threads(opts.threads)
     summary = run_rlhf(
         opts, prompts=prompts, out_dir=out_dir, sft_adapter=sft_adapter, reward_adapter=reward_adapter,
-        resume=resume, show_progress=True,
+        resume=resume, force=force, show_progress=True,
     )  # fmt: skip
     show(summary, json_out, _print_rlhf)
 
