@@ -267,6 +267,9 @@ _TRAINER_KEYS = {
     "accuracy": "accuracy",
     "margin": "margin",
     "mean_reward": "mean_reward",
+    # DPO's implicit reward (train/dpo.py)
+    "rewards/margins": "reward_margin",
+    "rewards/accuracies": "reward_accuracy",
 }
 
 
@@ -312,7 +315,7 @@ def metrics_callback(writer: MetricsWriter) -> Any:
 
 def training_args(opts: Any, out: str | os.PathLike, *, has_eval: bool) -> dict:
     """transformers TrainingArguments shared by the SFT and reward trainers (TRL's configs extend them);
-    each stage adds its own keys. `opts.extra` (config keys dnfbot has no option for) pass through."""
+    each stage adds its own keys; `opts.extra` is merged in by trl_trainer."""
     import torch
 
     on_gpu = torch.cuda.is_available()
@@ -340,9 +343,8 @@ def training_args(opts: Any, out: str | os.PathLike, *, has_eval: bool) -> dict:
         data_seed=opts.seed,
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         dataloader_pin_memory=on_gpu,
-        report_to="none",
+        report_to=opts.report_to,
         disable_tqdm=True,
-        **opts.extra,
     )
 
 
@@ -356,10 +358,20 @@ def trl_trainer(
     out: str | os.PathLike,
     opts: Any,
     callbacks: list | tuple = (),
+    trainer_kwargs: dict | None = None,
     **config: Any,
 ) -> Any:
-    """A TRL trainer (SFT, reward) with our options and the stage's own config keys, quiet on stdout."""
-    args = config_cls(**training_args(opts, out, has_eval=eval_ds is not None), **config)
+    """A TRL trainer (SFT, reward, DPO) with our options and the stage's own config keys, quiet on stdout.
+    trainer_kwargs: more arguments of the trainer itself (DPO's peft_config)."""
+    args = {**training_args(opts, out, has_eval=eval_ds is not None), **config}
+    # `extra` holds only keys dnfbot has no option for: one it sets itself would be silently fought over
+    taken = sorted(set(opts.extra) & set(args))
+    if taken:
+        raise InputError(
+            f"extra: {', '.join(taken)} {'is' if len(taken) == 1 else 'are'} set by dnfbot's own options; "
+            "use those (e.g. report_to: tensorboard) instead of extra"
+        )
+    args = config_cls(**args, **opts.extra)
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -367,6 +379,7 @@ def trl_trainer(
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         callbacks=list(callbacks),
+        **(trainer_kwargs or {}),
     )
     quiet_trainer(trainer)
     return trainer

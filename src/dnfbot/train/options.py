@@ -90,6 +90,9 @@ class TrainerOptions(LoraOptions, ModelOptions):
     extra: dict[str, Any] = option(
         help="passed through to TRL's trainer config (keys dnfbot has no option for)", cli=False, factory=dict
     )
+    report_to: list[str] | str = option(
+        "none", "where the Trainer also logs: none | tensorboard | wandb | all, or a comma list", parse=comma_list
+    )
 
 
 @dataclass
@@ -193,6 +196,20 @@ ALGOS = ("ppo", "grpo", "rloo")
 
 
 @dataclass
+class DPOOptions(TrainerOptions):
+    """`dpo:` — direct preference optimisation on ranked pairs (train/dpo.py, TRL's DPOTrainer)."""
+
+    # LoRA moves far fewer weights than the full fine-tuning TRL's 1e-6 default is meant for
+    lr: float = option(5e-5, "learning rate")
+    batch_size: int = option(4, "pairs per step (2x sequences)")
+    max_length: int = option(512, "tokens per prompt + response (longer ones are cut at the end)")
+    valid_fraction: float = option(0.1, "share held out when the data file has no split field")
+    beta: float = option(0.1, "DPO beta: strength of the pull towards the reference (higher = closer)")
+    loss_type: str = option("sigmoid", "TRL loss: sigmoid (DPO) | ipo | hinge | robust | …")
+    label_smoothing: float = option(0.0, "share of pairs assumed mislabelled (robust / cDPO)")
+
+
+@dataclass
 class GenerateOptions(ModelOptions, DecodeOptions):
     """`generate:` — decoding for `dnfbot generate` (beam search by default: deterministic, fluent answers)."""
 
@@ -202,6 +219,7 @@ STAGES: dict[str, type] = {
     "rm": RMOptions,
     "ppo": PPOOptions,
     "generate": GenerateOptions,
+    "dpo": DPOOptions,
 }
 LORA = "lora"
 
