@@ -165,7 +165,10 @@ def load_model(
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         if device_map is None and torch.cuda.is_available():
-            device_map = {"": torch.cuda.current_device()}
+            # under `accelerate launch` each process owns GPU LOCAL_RANK; the Accelerator has not yet set the
+            # current device when the model loads, so current_device() would put every rank on GPU 0
+            rank = os.environ.get("LOCAL_RANK")
+            device_map = {"": int(rank) if rank is not None else torch.cuda.current_device()}
     if device_map is not None:
         kwargs["device_map"] = device_map
     if task == "seq-cls":

@@ -193,25 +193,33 @@ def finish_run(run: Run, trainer: Any, result: Any, metrics: dict, *, title: str
         "load_in_4bit": opts.load_in_4bit,
         "config": run_config(run.stage, opts),
     }
-    write_summary(run.out, summary)
-    card_options = {k: v for k, v in as_dict(opts).items() if k != "extra"}
-    write_model_card(run.out, title=title, summary=summary, options=card_options, usage=usage)
+    if is_main_process():
+        write_summary(run.out, summary)
+        card_options = {k: v for k, v in as_dict(opts).items() if k != "extra"}
+        write_model_card(run.out, title=title, summary=summary, options=card_options, usage=usage)
     return {k: v for k, v in summary.items() if k != "config"}
 
 
 # --- metrics ---------------------------------------------------------------------------------------------------
 
 
+def is_main_process() -> bool:
+    """False on the other ranks of a multi-process launch (`accelerate launch` / torchrun set RANK): only rank 0
+    writes a run's files and progress lines, while every rank trains."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 class MetricsWriter:
-    """Append-only metrics JSONL plus one human progress line per record on stderr.
+    """Append-only metrics JSONL plus one human progress line per record on stderr (rank 0 only).
 
     `log(step, **values)` adds {"step", "time", **values}; with `total_steps` known it also reports an ETA."""
 
     def __init__(self, path: str | os.PathLike, *, total_steps: int | None = None, echo: bool = True):
         self.path = Path(path)
         self.total_steps = total_steps
-        self.echo = echo
-        self._out = JsonlAppender(self.path)
+        self.main = is_main_process()
+        self.echo = echo and self.main
+        self._out = JsonlAppender(self.path) if self.main else None
         self._t0 = time.time()
         self._step0: int | None = None
 
@@ -224,13 +232,15 @@ class MetricsWriter:
         if self.total_steps and step > self._step0:
             per_step = (now - self._t0) / (step - self._step0)
             rec["eta_s"] = round(per_step * max(self.total_steps - step, 0), 1)
-        self._out.write(rec)
+        if self._out is not None:
+            self._out.write(rec)
         if self.echo:
             self._print(rec)
         return rec
 
     def event(self, name: str, **values: Any) -> None:
-        self._out.write({"event": name, "time": round(time.time(), 3), **values})
+        if self._out is not None:
+            self._out.write({"event": name, "time": round(time.time(), 3), **values})
 
     def _print(self, rec: dict) -> None:
         from dnfbot.console import console
@@ -245,7 +255,8 @@ class MetricsWriter:
         console.print("  ".join(parts), highlight=False, soft_wrap=True)
 
     def close(self) -> None:
-        self._out.close()
+        if self._out is not None:
+            self._out.close()
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

@@ -44,7 +44,13 @@ def build_dpo_dataset(records: list[dict]) -> Any:
     rows = []
     for r in records:
         prompt, chosen = split_prompt_completion(r["prompt"], r["chosen"])
-        rows.append({"prompt": prompt, "chosen": chosen, "rejected": split_prompt_completion(r["prompt"], r["rejected"])[1]})
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": chosen,
+                "rejected": split_prompt_completion(r["prompt"], r["rejected"])[1],
+            }
+        )
     return Dataset.from_list(rows)
 
 
@@ -79,7 +85,9 @@ def response_logps(
     return out
 
 
-def implicit_rewards(model: Any, tokenizer: Any, records: list[dict], *, beta: float, batch_size: int = 8) -> dict:
+def implicit_rewards(
+    model: Any, tokenizer: Any, records: list[dict], *, beta: float, batch_size: int = 8
+) -> dict:
     """DPO's implicit rewards of chosen and rejected on `records` (model: a PeftModel; the reference is the same
     model with its adapter disabled), their margin and accuracy, and the policy's log-prob margin."""
     prompts = [r["prompt"] for r in records]
@@ -87,7 +95,9 @@ def implicit_rewards(model: Any, tokenizer: Any, records: list[dict], *, beta: f
     def logps() -> tuple[list[float], list[float]]:
         return (
             response_logps(model, tokenizer, prompts, [r["chosen"] for r in records], batch_size=batch_size),
-            response_logps(model, tokenizer, prompts, [r["rejected"] for r in records], batch_size=batch_size),
+            response_logps(
+                model, tokenizer, prompts, [r["rejected"] for r in records], batch_size=batch_size
+            ),
         )
 
     chosen, rejected = logps()
@@ -142,10 +152,14 @@ def run_dpo(
     before = after = None
     with run.training():
         if run.valid:
-            before = implicit_rewards(trainer.model, tok, run.valid, beta=opts.beta, batch_size=opts.batch_size)
+            before = implicit_rewards(
+                trainer.model, tok, run.valid, beta=opts.beta, batch_size=opts.batch_size
+            )
         result = trainer.train(resume_from_checkpoint=run.resume_from)
         if run.valid:
-            after = implicit_rewards(trainer.model, tok, run.valid, beta=opts.beta, batch_size=opts.batch_size)
+            after = implicit_rewards(
+                trainer.model, tok, run.valid, beta=opts.beta, batch_size=opts.batch_size
+            )
             run.writer.log(
                 trainer.state.global_step,
                 eval_margin=after["margin"],

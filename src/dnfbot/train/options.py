@@ -91,7 +91,9 @@ class TrainerOptions(LoraOptions, ModelOptions):
         help="passed through to TRL's trainer config (keys dnfbot has no option for)", cli=False, factory=dict
     )
     report_to: list[str] | str = option(
-        "none", "where the Trainer also logs: none | tensorboard | wandb | all, or a comma list", parse=comma_list
+        "none",
+        "where the Trainer also logs: none | tensorboard | wandb | all, or a comma list",
+        parse=comma_list,
     )
 
 
