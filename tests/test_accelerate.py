@@ -1,5 +1,5 @@
-"""Multi-process training for real: `accelerate launch --cpu --num_processes 2 -m dnfbot train sft …` (two
-processes, gloo, gradients all-reduced by DDP) follows the loss curve of a 1-process run of the same global batch,
+"""Multi-process training for real: `accelerate launch --multi_gpu --num_processes 2 -m dnfbot train sft …` on
+the CPU (two processes, gloo, gradients all-reduced by DDP) follows the loss curve of a 1-process run of the same global batch,
 and only rank 0 writes the run's files. The shipped accelerate configs (configs/accelerate/) load."""
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def _env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
+    env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU test, on a GPU box too
     return env
 
 
@@ -54,14 +55,9 @@ def _sft(base: Path, out: Path, cfg: Path, *, processes: int, batch_size: int) -
     args = ["-m", "dnfbot", "train", "sft", "--config", str(cfg), "--model", str(base), "--data", str(SFT)]
     args += ["--out", str(out), "--max-steps", str(STEPS), "--batch-size", str(batch_size), "--json"]
     if processes > 1:
-        launch = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--cpu",
-            "--num_processes",
-            str(processes),
-        ]
+        # without GPUs `--cpu` means one process; `--multi_gpu` starts N (torchrun) and they meet over gloo
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+        launch += ["--num_processes", str(processes)]
         launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
         launch += ["--main_process_port", str(_free_port())]
         cmd = launch + args
@@ -87,8 +83,9 @@ def test_two_processes_follow_the_one_process_loss_curve(polyglot_tokenizer_dir,
         [r["loss"] for r in read_jsonl(tmp_path / d / "metrics.jsonl") if "loss" in r] for d in ("one", "two")
     ]
     assert len(curves[0]) == len(curves[1]) == STEPS  # rank 1 wrote no second set of records
+    print("loss curves, 1 process x 4 / 2 processes x 2:", curves)
     assert curves[1] == pytest.approx(curves[0], rel=0.02), curves
-    assert curves[0][-1] < 0.7 * curves[0][0]  # and it is a curve: the model learns
+    assert curves[0][-1] < curves[0][0] - 1.0  # and it is a curve: the model learns
     assert (tmp_path / "two" / "adapter_model.safetensors").exists()
 
 

@@ -356,6 +356,9 @@ def training_args(opts: Any, out: str | os.PathLike, *, has_eval: bool) -> dict:
         dataloader_pin_memory=on_gpu,
         report_to=opts.report_to,
         disable_tqdm=True,
+        # several processes on a machine without a GPU (torchrun, `accelerate launch --multi_gpu`): DDP over gloo;
+        # without it each process would train alone on its own shard
+        use_cpu=not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1,
     )
 
 

@@ -26,12 +26,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dnfbot.errors import InputError
 from dnfbot.formats import EOS, split_prompt_completion
-from dnfbot.io import write_jsonl
+from dnfbot.io import atomic_write_text, read_json, read_jsonl, write_jsonl
 from dnfbot.train.common import finish_run, start_run, trl_trainer
 from dnfbot.train.options import DPOOptions
 
-__all__ = ["PAIR_FIELDS", "DPOOptions", "build_dpo_dataset", "implicit_rewards", "run_dpo"]
+__all__ = ["PAIR_FIELDS", "DPOOptions", "build_dpo_dataset", "build_report", "implicit_rewards", "run_dpo"]
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -193,3 +194,78 @@ def run_dpo(
 
 
 _PER_PAIR = ("chosen_reward", "rejected_reward", "chosen_logp", "rejected_logp")
+
+
+def is_dpo_run(run_dir: str | os.PathLike) -> bool:
+    """A finished `dnfbot train dpo` run directory (what `report rlhf` tells apart from a PPO run)."""
+    path = Path(run_dir) / "summary.json"
+    return path.exists() and read_json(path).get("stage") == "dpo"
+
+
+def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, samples: int = 8) -> dict:
+    """`dnfbot report rlhf --run DPO_RUN`: held-out pairs before vs after (implicit reward margin, accuracy, the
+    policy's log-prob margin), sample pairs with their rewards, and the training curves; writes report.md."""
+    from dnfbot.train.plot import plot_metrics
+
+    run = Path(run_dir)
+    scores_path = run / "valid_scores.jsonl"
+    if not is_dpo_run(run) or not scores_path.exists():
+        raise InputError(
+            f"{run}: not a finished `dnfbot train dpo` run with validation pairs (valid_scores.jsonl)"
+        )
+    s = read_json(run / "summary.json")
+    pairs = read_jsonl(scores_path)
+    report_path = Path(out) if out else run / "report.md"
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    png = Path(plot_metrics(run, report_path.parent / "metrics.png")["png"])
+
+    def f(x: float | None, spec: str = "+.3f") -> str:
+        return "n/a" if x is None else format(x, spec)
+
+    def cell(text: str, limit: int = 120) -> str:
+        text = " ".join(str(text).split()).replace("|", "\\|")
+        return text if len(text) <= limit else text[: limit - 1] + "…"
+
+    lines = [
+        "# RLHF report — DPO",
+        "",
+        f"Run: `{run}`  ",
+        f"Policy: `{s.get('model')}` + LoRA; reference: the same base with the adapter disabled; beta {s.get('beta')}  ",
+        f"Steps: {s.get('steps')}; training pairs: {s.get('train_records')}; held-out pairs: {len(pairs)}.",
+        "",
+        "## Held-out pairs: before vs after",
+        "",
+        "| | before | after |",
+        "|---|---|---|",
+        f"| mean implicit reward margin r(chosen) − r(rejected) | {f(s.get('valid_margin_before'))} "
+        f"| {f(s.get('valid_margin_after'))} |",
+        f"| pairs with r(chosen) > r(rejected) | 0/{len(pairs)} (all rewards 0: policy = reference) "
+        f"| {sum(p['chosen_reward'] > p['rejected_reward'] for p in pairs)}/{len(pairs)} |",
+        f"| mean log π(chosen) − log π(rejected) | {f(s.get('valid_logp_margin_before'), '+.2f')} "
+        f"| {f(s.get('valid_logp_margin_after'), '+.2f')} |",
+        "",
+        "r(x, y) = beta · (log π(y|x) − log π_ref(y|x)): DPO's reward is implicit in the policy; no reward model is "
+        "trained or sampled from.",
+        "",
+        "## Samples",
+        "",
+        "| # | Query | Chosen | Rejected | r(chosen) | r(rejected) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, p in enumerate(pairs[:samples], 1):
+        lines.append(
+            f"| {i} | {cell(p['prompt'])} | {cell(p['chosen'], 160)} | {cell(p['rejected'], 160)} "
+            f"| {p['chosen_reward']:+.3f} | {p['rejected_reward']:+.3f} |"
+        )
+    lines += ["", "## Training curves", "", f"![{png.stem}]({png.name})", ""]
+    lines += [f"Regenerate: `dnfbot report rlhf --run {run}`", ""]
+    atomic_write_text(report_path, "\n".join(lines))
+    return {
+        "report": str(report_path),
+        "plots": [str(png)],
+        "algo": "dpo",
+        "n_prompts": len(pairs),
+        "margin_before": s.get("valid_margin_before"),
+        "margin_after": s.get("valid_margin_after"),
+        "accuracy_after": s.get("valid_accuracy_after"),
+    }
