@@ -106,6 +106,17 @@ def test_reloaded_adapter_reproduces_the_end_of_training_rewards(base, trained):
     assert again["margin"] == pytest.approx(s["valid_margin_after"], abs=1e-3)
 
 
+def test_report_rlhf_shows_the_dpo_run(trained):
+    out, s = trained
+    res = _cli(["report", "rlhf", "--run", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    assert r["algo"] == "dpo" and r["n_prompts"] == 10 and r["margin_after"] == s["valid_margin_after"]
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "# RLHF report — DPO" in text and f"{s['valid_margin_after']:+.3f}" in text
+    assert (out / "metrics.png").exists()
+
+
 @pytest.mark.skipif(not HAS_TENSORBOARD, reason="neither tensorboard nor tensorboardX is installed")
 def test_report_to_tensorboard_writes_event_files(trained):
     out, s = trained
