@@ -87,15 +87,22 @@ def response_logps(
 
 
 def implicit_rewards(
-    model: Any, tokenizer: Any, records: list[dict], *, beta: float, batch_size: int = 8
+    model: Any,
+    tokenizer: Any,
+    records: list[dict],
+    *,
+    beta: float,
+    batch_size: int = 8,
+    max_length: int = 512,
 ) -> dict:
     """DPO's implicit rewards of chosen and rejected on `records` (model: a PeftModel; the reference is the same
     model with its adapter disabled), their margin and accuracy, and the policy's log-prob margin."""
     prompts = [r["prompt"] for r in records]
+    kw = {"batch_size": batch_size, "max_length": max_length}
 
     def logps() -> tuple[list[float], list[float]]:
         return (
-            response_logps(model, tokenizer, prompts, [r["chosen"] for r in records], batch_size=batch_size),
+            response_logps(model, tokenizer, prompts, [r["chosen"] for r in records], **kw),
             response_logps(
                 model, tokenizer, prompts, [r["rejected"] for r in records], batch_size=batch_size
             ),
@@ -154,12 +161,22 @@ def run_dpo(
     with run.training():
         if run.valid:
             before = implicit_rewards(
-                trainer.model, tok, run.valid, beta=opts.beta, batch_size=opts.batch_size
+                trainer.model,
+                tok,
+                run.valid,
+                beta=opts.beta,
+                batch_size=opts.batch_size,
+                max_length=opts.max_length,
             )
         result = trainer.train(resume_from_checkpoint=run.resume_from)
         if run.valid:
             after = implicit_rewards(
-                trainer.model, tok, run.valid, beta=opts.beta, batch_size=opts.batch_size
+                trainer.model,
+                tok,
+                run.valid,
+                beta=opts.beta,
+                batch_size=opts.batch_size,
+                max_length=opts.max_length,
             )
             run.writer.log(
                 trainer.state.global_step,
