@@ -141,3 +141,19 @@ def test_bad_pairs_are_clear_errors(base, tmp_path):
         run_dpo(str(base), bad, tmp_path / "o1", options=DPOOptions(max_steps=1), echo=False)
     res = _cli(["train", "dpo", "--data", str(PAIRS), "--out", str(tmp_path / "o2"), "--beta", "x"])
     assert res.exit_code != 0
+
+
+def test_qlora_dpo_on_a_4bit_llama(polyglot_tokenizer_dir, tmp_path):
+    """QLoRA-DPO: a 4-bit nf4 base (bitsandbytes' CPU kernels), the Llama/EEVE layout; the reference is still the
+    4-bit base with the adapter disabled, and the held-out margin moves above 0."""
+    pytest.importorskip("bitsandbytes")
+    llama = init_tiny("llama", polyglot_tokenizer_dir, tmp_path / "llama")
+    opts = DPOOptions(
+        max_steps=6, batch_size=4, load_in_4bit=True, lr=2e-3, lora_dropout=0.0, lora_modules_to_save=["lm_head"],
+        threads=THREADS, logging_steps=2,
+    )  # fmt: skip
+    s = run_dpo(str(llama), PAIRS, tmp_path / "run", options=opts, echo=False)
+    assert s["load_in_4bit"] and s["steps"] == 6
+    assert s["valid_margin_before"] == pytest.approx(0.0, abs=1e-6) and s["valid_margin_after"] > 0.1, s
+    cfg = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert set(cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj"}

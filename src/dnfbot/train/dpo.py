@@ -64,9 +64,13 @@ def response_logps(
 
     eos = tokenizer.eos_token or EOS
     device = next(model.parameters()).device
+    # a 4-bit base computes in bf16 and TRL keeps a QLoRA adapter (and a fully trained head) in bf16: mixed
+    # float32/bf16 layers need autocast, as in training
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(quantized))
     out: list[float] = []
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast:
         for i in range(0, len(prompts), batch_size):
             ids, starts = [], []
             for p, r in zip(prompts[i : i + batch_size], responses[i : i + batch_size], strict=True):
