@@ -102,3 +102,11 @@ def test_accelerate_configs_load():
         "deepspeed-zero2": ("DistributedType.DEEPSPEED", 2),
         "deepspeed-zero3": ("DistributedType.DEEPSPEED", 3),
     }
+
+
+def test_a_4bit_base_loads_onto_each_process_own_gpu(monkeypatch):
+    from dnfbot.models import quantized_device_map
+
+    for rank in ("0", "1", "3"):
+        monkeypatch.setenv("LOCAL_RANK", rank)  # what accelerate launch / torchrun set for each process
+        assert quantized_device_map() == {"": int(rank)}
