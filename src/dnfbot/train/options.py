@@ -8,9 +8,10 @@ A run config (configs/*.yaml, or a finished run's summary.json) is
     sft:      {lr: 1.0e-4, packing: true, …}     # SFTOptions
     rm:       {lr: 5.0e-5, …}                    # RMOptions
     ppo:      {steps: 200, kl_coef: 0.05, …}     # PPOOptions
+    dpo:      {beta: 0.1, lr: 5.0e-5, …}         # DPOOptions
     generate: {num_beams: 3, …}                  # GenerateOptions
 
-and `dnfbot train sft|rm|ppo` and `dnfbot generate` all read it: a stage takes the top-level keys it has, then its
+and `dnfbot train sft|rm|dpo|ppo` and `dnfbot generate` all read it: a stage takes the top-level keys it has, then its
 own section (which may also set shared keys), then the command-line flags — each later one wins. Every key of the
 file is checked, whichever stage runs: an unknown key or a wrong type is an error naming the key and the file.
 A run writes its resolved options into summary.json ("config", this schema), so `--config RUN/summary.json`
