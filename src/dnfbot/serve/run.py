@@ -37,7 +37,7 @@ def run_server(
     import uvicorn
 
     common = {"access_log": access_log, "log_level": log_level, "timeout_graceful_shutdown": 5,
-              "timeout_keep_alive": 15}  # fmt: skip
+              **_limits_of(app).uvicorn_options()}  # fmt: skip
     if workers <= 1:
         uvicorn.Server(uvicorn.Config(app, **common)).run(sockets=[sock])
         return
@@ -53,6 +53,12 @@ def run_server(
         **common,
     )
     Multiprocess(config, sockets=[sock]).run()
+
+
+def _limits_of(app) -> Limits:
+    """The app's limits (create_app keeps them on app.state): uvicorn enforces the connection-level ones."""
+    state = getattr(app, "state", None)
+    return getattr(state, "limits", None) or Limits()
 
 
 def worker_spec(backends: dict, limits: Limits, warm: bool) -> dict:
@@ -91,7 +97,8 @@ class ServerThread:
 
         self.sock = bind_socket(host, port)
         self.url = f"http://{host}:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(app, access_log=False, log_level="warning", timeout_graceful_shutdown=2)
+        config = uvicorn.Config(app, access_log=False, log_level="warning", timeout_graceful_shutdown=2,
+                                **_limits_of(app).uvicorn_options())  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
