@@ -49,6 +49,7 @@ AREA_MODULES = [
     "dnfbot.train.ppo_cli",
     "dnfbot.retrieval.dense_cli",
     "dnfbot.serve.cli",
+    "dnfbot.feedback.cli",  # feedback stats|export|purge, bench feedback
 ]
 
 

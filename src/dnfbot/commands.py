@@ -70,6 +70,16 @@ def open_rag(
     return RAG(idx, settings, generator, retriever=retriever)
 
 
+def _open_answer_log(rag, required: bool = True):
+    """The answer log under the index's home ($DNFBOT_FEEDBACK_DB overrides; 'off' switches it off)."""
+    from dnfbot.feedback.store import AnswerLog
+
+    answer_log = AnswerLog.open(home=rag.settings.home)
+    if answer_log is None and required:
+        raise InputError("--log: the answer log is switched off (DNFBOT_FEEDBACK_DB=off)")
+    return answer_log
+
+
 def _filters(category1, category2, category3):
     from dnfbot.retrieval.sparse import Filters
 
@@ -232,6 +242,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         load_in_4bit: bool = FourBitOpt,
         index_dir: Path = IndexDir,
         config: Path = ConfigOpt,
+        log: bool = typer.Option(False, "--log", help="keep the answers in the answer log (answer_id in --json)"),
         json_out: bool = JsonOpt,
     ):
         """Answer from the guides with sources — or say there is no information."""
@@ -248,15 +259,27 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             base_url=base_url,
             load_in_4bit=load_in_4bit,
         )
+        from dnfbot.feedback.trace import Traced
+
         filters = _filters(category1, category2, category3)
-        for q in questions:
-            a = rag.ask(q, filters)
-            if json_out:
-                emit_json(dict({"question": q} if queries else {}, **a.to_dict()))
-                continue
-            out.rule(q)
-            out.print(a.answer if a.answered else f"[yellow]{a.answer}")
-            _print_sources(a.sources)
+        answer_log = _open_answer_log(rag) if log else None
+        try:
+            for q in questions:
+                traced = Traced(answer_log, rag, "ask", None, filters)
+                a = traced.rag.ask(q, filters)
+                answer_id = traced.done(a)
+                if json_out:
+                    ids = {"answer_id": answer_id} if answer_id else {}
+                    emit_json(dict({"question": q} if queries else {}, **a.to_dict(), **ids))
+                    continue
+                out.rule(q)
+                out.print(a.answer if a.answered else f"[yellow]{a.answer}")
+                _print_sources(a.sources)
+                if answer_id:
+                    out.print(f"[dim]answer_id {answer_id}")
+        finally:
+            if answer_log is not None:
+                answer_log.close()  # what was answered is written before the command returns
 
     @app.command("chat")
     def chat(
@@ -268,22 +291,27 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         adapter: str = AdapterOpt,
         base_url: str = BaseUrlOpt,
         load_in_4bit: bool = FourBitOpt,
+        log: bool = typer.Option(True, "--log/--no-log", help="keep answers in the answer log; /good, /bad"),
     ):
         """Interactive chat in the terminal. /help lists the commands."""
         from dnfbot.chat import run_chat
 
-        run_chat(
-            open_rag(
-                index_dir,
-                config,
-                backend,
-                mode,
-                model=model,
-                adapter=adapter,
-                base_url=base_url,
-                load_in_4bit=load_in_4bit,
-            )
+        rag = open_rag(
+            index_dir,
+            config,
+            backend,
+            mode,
+            model=model,
+            adapter=adapter,
+            base_url=base_url,
+            load_in_4bit=load_in_4bit,
         )
+        answer_log = _open_answer_log(rag, required=False) if log else None
+        try:
+            run_chat(rag, answer_log=answer_log)
+        finally:
+            if answer_log is not None:
+                answer_log.close()
 
     @app.command("config")
     def show_config(config: Path = ConfigOpt, json_out: bool = JsonOpt):

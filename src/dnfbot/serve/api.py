@@ -7,6 +7,10 @@
     POST /ask                  {"question", "category1..3", "history", "backend"} → what `dnfbot ask --json` prints
     POST /search               {"question", "k", "category1..3", "with_text"} → what `dnfbot search --json` prints
     GET  /healthz              liveness, back ends, index size (no key needed)
+    POST /v1/feedback          {"answer_id", "rating": up|down, "correction", "comment"} (dnfbot/feedback/api.py)
+
+Every answer is logged with its trace when the app has an answer log (dnfbot/feedback): `/ask` returns its
+`answer_id`, a chat completion's `id` is `chatcmpl-<answer_id>`. Logging is queued, never waited for.
 
 Guards, outermost first (one ASGI middleware, before any body is read): bearer key ($DNFBOT_API_KEY,
 constant-time compare) → 401; body size → 413; in-flight requests → 429 + Retry-After. Validation: bad JSON →
@@ -41,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from dnfbot import __version__
 from dnfbot.conversation import split_messages
 from dnfbot.errors import DnfbotError, InputError
+from dnfbot.feedback.trace import Traced
 from dnfbot.generate import GenerationRequest, Generator
 from dnfbot.retrieval.sparse import Filters
 from dnfbot.serve.backends import Backends
@@ -274,6 +279,7 @@ def create_app(
     api_key: str | None = None,
     limits: Limits | None = None,
     warm: bool = False,
+    answer_log=None,
 ) -> FastAPI:
     """The API over already-opened back ends (the index is loaded once, never per request)."""
     limits = limits or Limits()
@@ -289,6 +295,8 @@ def create_app(
             threading.Thread(target=backends.warm, kwargs={"stop": stop_warming}, daemon=True).start()
         yield
         stop_warming.set()
+        if answer_log is not None:
+            await anyio.to_thread.run_sync(answer_log.close)  # write what is queued before the process ends
 
     app = FastAPI(title="dnfbot", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.backends = backends
@@ -394,8 +402,12 @@ def create_app(
             )
         rag = backends.get(body.backend)
         history = [t.model_dump() for t in body.history]
-        answer = await answer_with(rag, body.question, body.filters(), history)
-        return JSONResponse(answer.to_dict())  # plain JSON types: no jsonable_encoder pass
+        traced = Traced(answer_log, rag, "api", history, body.filters())
+        answer = await answer_with(traced.rag, body.question, body.filters(), history)
+        out = answer.to_dict()
+        if answer_log is not None:
+            out["answer_id"] = traced.done(answer)
+        return JSONResponse(out)  # plain JSON types: no jsonable_encoder pass
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -410,9 +422,12 @@ def create_app(
         question, history = split_messages(body.messages)
         filters = body.dnfbot_filters.filters() if body.dnfbot_filters else Filters()
         rag = _with_overrides(backends.get(name), max_tokens, body.temperature)
-        cid, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), _model_id(name)
+        traced = Traced(answer_log, rag, "api", history, filters, answer_id=uuid.uuid4().hex)
+        rag = traced.rag
+        cid, created, model = f"chatcmpl-{traced.id or uuid.uuid4().hex[:24]}", int(time.time()), _model_id(name)
         if not body.stream:
             a = await answer_with(rag, question, filters, history)
+            traced.done(a)
             return {
                 "id": cid,
                 "object": "chat.completion",
@@ -447,8 +462,10 @@ def create_app(
             yield chunk(
                 {"role": "assistant", "content": ""}, dnfbot_sources=sources, dnfbot_answered=bool(sources)
             )
+            said: list[str] = []
             try:
                 async for text in _iterate(tokens):
+                    said.append(text)
                     yield chunk({"content": text})
             except DnfbotError as e:  # headers are gone: report in-band, as OpenAI does
                 yield _sse(error_body(str(e), "upstream_error", "generator_failed"))
@@ -456,6 +473,7 @@ def create_app(
                 log.exception("stream failed")
                 yield _sse(error_body("internal error", "server_error", "internal"))
             else:
+                traced.done_stream(question, "".join(said))
                 yield chunk({}, "stop")
             yield _sse("[DONE]")
 
@@ -465,6 +483,9 @@ def create_app(
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
+    from dnfbot.feedback.api import install as install_feedback
+
+    install_feedback(app, answer_log)
     app.add_middleware(_Guard, api_key=api_key, limits=limits, gauge=gauge)
     return app
 
@@ -501,10 +522,11 @@ def run_server(
     Multiprocess(config, sockets=[sock]).run()
 
 
-def worker_spec(backends: dict, limits: Limits, warm: bool) -> dict:
-    """What a worker process needs to rebuild the app: open_backends() arguments (JSON-able), limits, warm."""
+def worker_spec(backends: dict, limits: Limits, warm: bool, answer_log: str | None = None) -> dict:
+    """What a worker process needs to rebuild the app: open_backends() arguments (JSON-able), limits, warm, and
+    the answer log's URL (each worker writes through its own writer; SQLite serialises them)."""
     return {"backends": {k: str(v) if isinstance(v, os.PathLike) else v for k, v in backends.items()},
-            "limits": asdict(limits), "warm": warm}  # fmt: skip
+            "limits": asdict(limits), "warm": warm, "answer_log": answer_log}  # fmt: skip
 
 
 def app_from_env() -> FastAPI:
@@ -518,11 +540,15 @@ def app_from_env() -> FastAPI:
     args = dict(spec["backends"])
     for key in ("index_dir", "config"):
         args[key] = Path(args[key]) if args.get(key) else None
+    from dnfbot.feedback.store import AnswerLog
+
+    url = spec.get("answer_log")
     return create_app(
         open_backends(**args),
         api_key=os.environ.get("DNFBOT_API_KEY") or None,
         limits=Limits(**spec["limits"]),
         warm=spec["warm"],
+        answer_log=AnswerLog(url) if url else None,
     )
 
 

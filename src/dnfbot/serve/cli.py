@@ -63,6 +63,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             False, "--warm/--no-warm", help="analyse every passage for the extractive back end at start-up"
         ),
         access_log: bool = typer.Option(True, "--access-log/--no-access-log"),
+        answer_log: bool = typer.Option(
+            True, "--log/--no-log", help="log every answer for feedback ($DNFBOT_FEEDBACK_DB or $DNFBOT_HOME)"
+        ),
         json_out: bool = typer.Option(False, "--json", help="print one JSON line {url, …} once listening"),
     ):
         """OpenAI-compatible HTTP API over the guide RAG (bearer key from $DNFBOT_API_KEY if set)."""
@@ -82,7 +85,13 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             max_concurrent=max_concurrent,
             cpu_threads=cpu_threads,
         )
-        app_ = create_app(backends, api_key=api_key, limits=limits, warm=warm)
+        from dnfbot.feedback.db import default_url, display
+        from dnfbot.feedback.store import AnswerLog
+
+        log_url = default_url(backends.get(None).settings.home) if answer_log else None
+        # --workers N: each worker opens its own writer from the spec; the parent serves nothing.
+        app_ = create_app(backends, api_key=api_key, limits=limits, warm=warm,
+                          answer_log=AnswerLog(log_url) if log_url and workers <= 1 else None)  # fmt: skip
         sock = bind_socket(host, port)
         real_port = sock.getsockname()[1]
         url = f"http://{'[' + host + ']' if ':' in host else host}:{real_port}"
@@ -91,14 +100,14 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                 f"[yellow]warning: listening on {host} without DNFBOT_API_KEY: anyone who can reach it can use it"
             )
         info = {"url": url, "backends": backends.names, "default": backends.default, "auth": bool(api_key),
-                "workers": workers}  # fmt: skip
+                "workers": workers, "answer_log": display(log_url) if log_url else None}  # fmt: skip
         if json_out:
             emit_json(info)
         console.print(
             f"[green]dnfbot API[/] on {url}  (back ends: {', '.join(backends.names)}; "
             f"OpenAI base URL {url}/v1)"
         )
-        spec = worker_spec(args, limits, warm) if workers > 1 else None
+        spec = worker_spec(args, limits, warm, log_url) if workers > 1 else None
         run_server(app_, sock, access_log=access_log, workers=workers, spec=spec)
 
     @app.command("ui")
@@ -113,6 +122,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         adapter: str = AdapterOpt,
         base_url: str = BaseUrlOpt,
         load_in_4bit: bool = FourBitOpt,
+        answer_log: bool = typer.Option(True, "--log/--no-log", help="log answers and show 👍/👎 and 고쳐 쓰기"),
         json_out: bool = typer.Option(False, "--json", help="print one JSON line {url} before starting"),
     ):
         """The web chat page (Streamlit): category pickers, streaming answers, sources."""
@@ -137,6 +147,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                 args += [flag, str(value)]
         if load_in_4bit:
             args.append("--4bit")
+        if not answer_log:
+            args.append("--no-log")
         cmd = [
             sys.executable, "-m", "streamlit", "run", str(page),
             "--server.address", host, "--server.port", str(port), "--server.headless", "true",
