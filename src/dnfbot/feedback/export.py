@@ -244,17 +244,23 @@ def eval_items(groups: list[Group]) -> list[dict]:
     for g in groups:
         liked = [m for m in g.members if m.rating == "up" and m.answered and m.row["trace"].get("sources")]
         gold = list(dict.fromkeys(s["doc_id"] for m in liked for s in m.row["trace"]["sources"]))
-        for m in g.members:
+        corrections = list(dict.fromkeys(" ".join(m.correction.split()) for m in g.members if m.correction))
+        cands = []  # (priority, order, member, reason): one item per question, the one with gold first
+        for i, m in enumerate(g.members):
+            if not m.answered and m.row.get("kind") != "chitchat" and gold:
+                cands.append((0, i, m, "refused_but_upvoted_elsewhere"))
+            elif m.rating == "down":
+                cands.append((1, i, m, "feedback_wrong" if m.answered else "feedback_missing"))
+        chosen = {}
+        for _, i, m, reason in sorted(cands, key=lambda c: (c[0], c[1])):
+            chosen.setdefault(normalize_question(m.question), (i, m, reason))
+        for _i, m, reason in sorted(chosen.values(), key=lambda c: c[0]):
             q = " ".join(m.question.split())
             key = normalize_question(q)
             if key in seen:
                 continue
-            if not m.answered and m.row.get("kind") != "chitchat" and gold:
-                reason, answerable, golds = "refused_but_upvoted_elsewhere", True, gold
-            elif m.rating == "down":
-                reason, answerable, golds = ("feedback_wrong" if m.answered else "feedback_missing"), False, []
-            else:
-                continue
+            answerable = reason == "refused_but_upvoted_elsewhere"
+            golds = gold if answerable else []
             seen.add(key)
             out.append({
                 "id": f"f{_digest(key)[:8]}",
@@ -267,8 +273,8 @@ def eval_items(groups: list[Group]) -> list[dict]:
                 "answerable": answerable,
                 "split": "test",
                 "needs_review": True,
-                "feedback": {"reason": reason, "bot_answer": m.text, "correction": m.correction,
-                             "answer_id": m.row["id"]},
+                "feedback": {"reason": reason, "bot_answer": m.text, "answer_id": m.row["id"],
+                             "corrections": corrections},
             })  # fmt: skip
     return out
 

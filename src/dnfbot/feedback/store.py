@@ -51,6 +51,7 @@ class AnswerLog:
         self._q: queue.Queue = queue.Queue(maxsize=max_queue)
         self._db: Database | None = None
         self._retry_at = 0.0
+        self._last_error = ""
         self._warned: dict[str, float] = {}
         self.counts = {"answers": 0, "feedback": 0, "dropped": 0, "failed_batches": 0}
         self._closed = False
@@ -156,12 +157,14 @@ class AnswerLog:
     def _connect(self) -> Database:
         if self._db is None:
             if time.monotonic() < self._retry_at:
-                raise StoreError(f"feedback database {self.where} unavailable")
+                raise StoreError(f"feedback database {self.where} unavailable: {self._last_error}")
             try:
                 self._db = Database(self.url, timeout_s=self.timeout_s)
             except Exception as e:
                 self._retry_at = time.monotonic() + RECONNECT_AFTER_S
-                raise e if isinstance(e, StoreError) else StoreError(one_line(e)) from None
+                err = e if isinstance(e, StoreError) else StoreError(one_line(e))
+                self._last_error = str(err).rsplit(": ", 1)[-1]
+                raise err from None
         return self._db
 
     def _write(self, work: list) -> None:
@@ -184,6 +187,7 @@ class AnswerLog:
                     db.close()
                     self._db = None
                     self._retry_at = time.monotonic() + RECONNECT_AFTER_S
+                    self._last_error = msg
                 self._fail(work, StoreError(f"feedback database {self.where}: {msg}"))
                 return
             for (_kind, _, fut), res in zip(work, results, strict=True):

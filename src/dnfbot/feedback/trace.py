@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -147,6 +148,7 @@ FEEDBACK_COLUMNS = ("id", "answer_id", "created", "channel", "rating", "correcti
 MAX_CORRECTION = 20_000
 MAX_COMMENT = 2_000
 _ID_CHARS = set("0123456789abcdefABCDEF-_")
+_KEY = re.compile(r"[A-Za-z0-9_.:-]{8,64}")
 
 
 def make_feedback(
@@ -180,8 +182,8 @@ def make_feedback(
         rating = "down"  # writing the right answer says this one was wrong
     fb = FeedbackEntry(aid, rating, correction, comment, channel)
     if feedback_id is not None:
-        if not isinstance(feedback_id, str) or not (8 <= len(feedback_id) <= 64) or not set(feedback_id) <= _ID_CHARS:
-            raise InputError("feedback_id: 8–64 characters of [0-9a-f_-] (a client-chosen key makes retries safe)")
+        if not isinstance(feedback_id, str) or not _KEY.fullmatch(feedback_id):
+            raise InputError("feedback_id: 8–64 characters of [A-Za-z0-9_.:-] (a client-chosen key makes retries safe)")
         fb.id = feedback_id
     return fb
 
