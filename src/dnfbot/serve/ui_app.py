@@ -112,7 +112,7 @@ def feedback_controls(answer_log, msg: dict) -> None:
     aid = msg.get("answer_id")
     if answer_log is None or not aid:
         return
-    left, right = st.columns([1, 3])
+    left, right = st.columns([1, 5], vertical_alignment="center")
     with left:
         st.feedback("thumbs", key=f"rate:{aid}", on_change=_rated, args=(answer_log, msg))
     with right, st.popover("고쳐 쓰기", icon="✏️"), st.form(key=f"fix:{aid}", clear_on_submit=True, border=False):
