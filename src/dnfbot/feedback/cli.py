@@ -130,15 +130,16 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         queries: Path = typer.Option(Path("eval/dev.jsonl"), "--queries", help="questions for the /ask load"),
         duration: float = typer.Option(30.0, "--duration", min=1.0, help="seconds of each run"),
         rate: float = typer.Option(200.0, "--rate", min=1.0, help="feedback POSTs per second"),
-        concurrency: int = typer.Option(8, "--concurrency", min=1, help="/ask clients alongside"),
+        ask_rate: float = typer.Option(100.0, "--ask-rate", min=1.0, help="/ask requests per second alongside"),
+        seq_duration: float = typer.Option(15.0, "--seq-duration", min=1.0, help="seconds of each log-cost run"),
         write: bool = typer.Option(True, "--write/--no-write", help="update docs/benchmarks.md"),
         json_out: bool = JsonOpt,
     ):
         """Feedback POSTs under /ask load (lost / duplicated / /ask p95) and the answer log's cost on /ask."""
         from dnfbot.feedback.bench import run_bench
 
-        r = run_bench(index_dir=index_dir, queries=queries, duration=duration, rate=rate,
-                      concurrency=concurrency, write=write)  # fmt: skip
+        r = run_bench(index_dir=index_dir, queries=queries, duration=duration, rate=rate, ask_rate=ask_rate,
+                      seq_duration=seq_duration, write=write)  # fmt: skip
         if json_out:
             emit_json(r)
         else:
