@@ -232,9 +232,8 @@ def test_changed_model_after_build_is_an_error(dense_index, tmp_path):
 def _cli_lines(args: list[str]) -> list[dict]:
     from typer.testing import CliRunner
 
-    from dnfbot.cli import _register_areas, app
+    from dnfbot.cli import app
 
-    _register_areas()
     r = CliRunner().invoke(app, [*args, "--json"])
     assert r.exit_code == 0, r.output
     return [json.loads(line) for line in r.stdout.strip().splitlines() if line.startswith("{")]

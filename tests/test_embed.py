@@ -31,9 +31,8 @@ def _one_thread():
 def _cli_lines(args: list[str]) -> list[dict]:
     from typer.testing import CliRunner
 
-    from dnfbot.cli import _register_areas, app
+    from dnfbot.cli import app
 
-    _register_areas()
     r = CliRunner().invoke(app, [*args, "--json"])
     assert r.exit_code == 0, r.output
     return [json.loads(line) for line in r.stdout.strip().splitlines()]
@@ -95,13 +94,13 @@ def test_synth_pairs_use_the_chunk_the_question_was_written_from(tmp_path):
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"chunk_id": "1#1", "question": "ok?"}\n{"chunk_id": "1#1"}\n', encoding="utf-8")
-    with pytest.raises(InputError, match=r"bad.jsonl: record 2: .*'question'"):
+    with pytest.raises(InputError, match=r"bad.jsonl:2: .*'question'"):
         build_pairs([MINI], out, synth=[bad])
     with pytest.raises(InputError, match="--synth FILE"):
         build_pairs([MINI], out)
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"query": "q", "passage": "p", "chunk_id": "1#1"}\n{"query": "q2", "passage": ""}\n')
-    with pytest.raises(InputError, match=r"broken.jsonl: record 2: .*'passage'"):
+    with pytest.raises(InputError, match=r"broken.jsonl:2: .*'passage'"):
         load_pairs(broken)
 
 

@@ -46,7 +46,7 @@ def index_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def rag(index_dir):
-    from dnfbot.commands import open_rag
+    from dnfbot.rag import open_rag
 
     return open_rag(index_dir)
 
@@ -54,10 +54,9 @@ def rag(index_dir):
 def _cli(*args: str):
     from typer.testing import CliRunner
 
-    import dnfbot.cli as cli
+    from dnfbot.cli import app
 
-    cli._register_areas()
-    return CliRunner().invoke(cli.app, list(args))
+    return CliRunner().invoke(app, list(args))
 
 
 def _answer(q: str, text: str, answered: bool = True, sources=None) -> Answer:
@@ -92,7 +91,12 @@ def test_trace_records_what_the_answer_was_built_from(rag, tmp_path):
     db = open_db(str(tmp_path / "fb.sqlite3"))
     rows = {x["id"]: x for x in iter_answers(db)}
     row = rows[aid]
-    assert row["answered"] == 1 and row["turn"] == 2 and row["channel"] == "ask" and row["backend"] == "extractive"
+    assert (
+        row["answered"] == 1
+        and row["turn"] == 2
+        and row["channel"] == "ask"
+        and row["backend"] == "extractive"
+    )
     assert row["question"] == ANSWERED and "30" in row["answer"] and row["latency_ms"] > 0
     assert row["coverage"] > 0 and (row["category1"], row["category3"]) == ("공략", "상급 던전")
     tr = row["trace"]
@@ -192,7 +196,9 @@ def _populated(tmp_path) -> str:
     url = str(tmp_path / "fb.sqlite3")
     src = [{"doc_id": "2", "title": "노블레스 코드 더스크 리뷰", "part": 1, "score": 3.0, "n": 1}]
     with AnswerLog(url) as lg:
-        bad = _log(lg, "더스크 피로도 얼마나 들어?", "일일 입장 제한은 없습니다. [1]", sources=src, created=1000.0)
+        bad = _log(
+            lg, "더스크 피로도 얼마나 들어?", "일일 입장 제한은 없습니다. [1]", sources=src, created=1000.0
+        )
         good = _log(lg, "더스크 피로도 얼마나 들어??", "더스크는 고정 피로도 30을 소모합니다. [1]", sources=src,
                     created=1001.0)  # fmt: skip
         refused = _log(lg, "더스크  피로도 얼마나 들어", NO_INFO_ANSWER, answered=False, created=1002.0)
@@ -225,8 +231,14 @@ def test_export_rm_dpo_sft_eval(tmp_path):
     pairs = read_jsonl(tmp_path / "rm.jsonl")
     assert r["records"] == len(pairs) == 2, pairs
     by = {(p["chosen"], p["rejected"]) for p in pairs}
-    assert ("더스크는 고정 피로도 30을 씁니다.", "일일 입장 제한은 없습니다.") in by  # correction ≻ the corrected
-    assert ("더스크는 고정 피로도 30을 소모합니다.", "일일 입장 제한은 없습니다.") in by  # 👍 ≻ 👎, markers out
+    assert (
+        "더스크는 고정 피로도 30을 씁니다.",
+        "일일 입장 제한은 없습니다.",
+    ) in by  # correction ≻ the corrected
+    assert (
+        "더스크는 고정 피로도 30을 소모합니다.",
+        "일일 입장 제한은 없습니다.",
+    ) in by  # 👍 ≻ 👎, markers out
     assert ("더스크는 고정 피로도 30을 씁니다.", NO_INFO_ANSWER) not in by  # the refusal was not downvoted
     assert len({p["split"] for p in pairs}) == 1  # one question group, one split
     assert all(set(p) >= {"prompt", "chosen", "rejected", "split", "id", "source"} for p in pairs)
@@ -235,10 +247,10 @@ def test_export_rm_dpo_sft_eval(tmp_path):
     export(db, "rm", tmp_path / "rm2.jsonl")
     assert (tmp_path / "rm.jsonl").read_bytes() == (tmp_path / "rm2.jsonl").read_bytes()
 
+    assert all(set(p) >= {"prompt", "chosen", "rejected", "id", "source", "split", "pair"} for p in pairs)
+    # dpo: the pair records of `data rm` (train dpo reads those), the same as --as rm
     export(db, "dpo", tmp_path / "dpo.jsonl")
-    d = read_jsonl(tmp_path / "dpo.jsonl")[0]
-    assert d["prompt"] == "### 질문: 더스크 피로도 얼마나 들어?\n\n### 답변:" and d["chosen"].startswith(" ")
-    assert d["question"] == "더스크 피로도 얼마나 들어?"
+    assert read_jsonl(tmp_path / "dpo.jsonl") == pairs
 
     export(db, "sft", tmp_path / "sft.jsonl")
     (s,) = read_jsonl(tmp_path / "sft.jsonl")
@@ -250,7 +262,9 @@ def test_export_rm_dpo_sft_eval(tmp_path):
     assert items["refused_but_upvoted_elsewhere"]["gold_doc_ids"] == ["2"]
     assert items["refused_but_upvoted_elsewhere"]["answerable"] is True
     assert items["feedback_missing"]["question"] == "안개신 레이드 보상 뭐야?"
-    assert items["refused_but_upvoted_elsewhere"]["feedback"]["corrections"] == ["더스크는 고정 피로도 30을 씁니다."]
+    assert items["refused_but_upvoted_elsewhere"]["feedback"]["corrections"] == [
+        "더스크는 고정 피로도 30을 씁니다."
+    ]
     assert items["feedback_wrong"]["question"] == "어둑섬 몇 인이야?" and len(items) == 3  # one per question
     from dnfbot.eval.retrieval import load_devset
 
@@ -271,7 +285,9 @@ def test_export_pairs_uses_the_cited_passage_and_a_hard_negative(rag, tmp_path):
     pairs = read_jsonl(tmp_path / "pairs.jsonl")
     assert r["records"] == len(pairs) >= 2
     p = next(x for x in pairs if x["query"] == ANSWERED)
-    assert p["doc_id"] == "2" and p["passage"].startswith("노블레스 코드 더스크 리뷰\n") and "30" in p["passage"]
+    assert (
+        p["doc_id"] == "2" and p["passage"].startswith("노블레스 코드 더스크 리뷰\n") and "30" in p["passage"]
+    )
     m = next(x for x in pairs if x["query"] == "무의 장막 입장 명성 얼마야?")
     assert m["doc_id"] == "0" and m["negative_chunk_id"] == "1#1" and m["negative"].startswith("어둑섬")
     assert "negative" not in p  # its trace has no hit from another article
@@ -302,7 +318,16 @@ def test_export_cli_errors_are_one_line(tmp_path):
 def test_cli_errors_through_main_have_no_traceback(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     for args in (
-        ["feedback", "export", "--as", "bogus", "--out", str(tmp_path / "o.jsonl"), "--db", str(tmp_path / "n")],
+        [
+            "feedback",
+            "export",
+            "--as",
+            "bogus",
+            "--out",
+            str(tmp_path / "o.jsonl"),
+            "--db",
+            str(tmp_path / "n"),
+        ],
         ["feedback", "stats", "--db", str(tmp_path / "missing.sqlite3")],
     ):
         p = subprocess.run([sys.executable, "-m", "dnfbot", *args], capture_output=True, text=True, env=env)
@@ -320,7 +345,9 @@ def test_stats_json_and_chart(tmp_path):
     assert s["feedback"]["up"] == 1 and s["feedback"]["down"] == 3 and s["feedback"]["corrections"] == 1
     assert s["down_rate"]["backend"]["extractive"]["down_rate"] == 0.75
     assert [d["refused"] for d in s["most_refused"]] == [1, 1]
-    assert {"question": "더스크 피로도 얼마나 들어?", "down": 1, "up": 1, "corrections": 1} in s["most_downvoted"]
+    assert {"question": "더스크 피로도 얼마나 들어?", "down": 1, "up": 1, "corrections": 1} in s[
+        "most_downvoted"
+    ]
     assert s["most_downvoted"][0]["up"] == 0  # ties: the ones nobody liked first
     assert (tmp_path / "stats.png").stat().st_size > 10_000
     text = _cli("feedback", "stats", "--db", url)
@@ -339,7 +366,9 @@ def test_purge_before_a_date(tmp_path):
     assert json.loads(res.stdout)["answers"] == 6
     db = open_db(url)
     assert [r["id"] for r in iter_answers(db)] == [keep] and len(read_feedback(db)) == 1
-    assert b"\xeb\x8d\x94\xec\x8a\xa4\xed\x81\xac" not in Path(url).read_bytes()  # '더스크' is gone from the file
+    assert (
+        b"\xeb\x8d\x94\xec\x8a\xa4\xed\x81\xac" not in Path(url).read_bytes()
+    )  # '더스크' is gone from the file
 
 
 # --- chat and ask --------------------------------------------------------------------------------------------
@@ -383,8 +412,9 @@ def test_ask_log_returns_the_answer_id(index_dir, tmp_path, monkeypatch):
 def test_api_feedback_round_trip_with_the_openai_client(index_dir, tmp_path):
     httpx = pytest.importorskip("httpx")
     openai = pytest.importorskip("openai")
-    from dnfbot.serve.api import ServerThread, create_app
+    from dnfbot.serve.app import create_app
     from dnfbot.serve.backends import open_backends
+    from dnfbot.serve.run import ServerThread
 
     url = str(tmp_path / "fb.sqlite3")
     app = create_app(open_backends(index_dir), answer_log=AnswerLog(url))
@@ -428,8 +458,9 @@ def test_api_feedback_round_trip_with_the_openai_client(index_dir, tmp_path):
 
 def test_api_without_a_log_says_so(index_dir):
     httpx = pytest.importorskip("httpx")
-    from dnfbot.serve.api import ServerThread, create_app
+    from dnfbot.serve.app import create_app
     from dnfbot.serve.backends import open_backends
+    from dnfbot.serve.run import ServerThread
 
     with ServerThread(create_app(open_backends(index_dir))) as base:
         assert "answer_id" not in httpx.post(base + "/ask", json={"question": ANSWERED}).json()
@@ -439,8 +470,9 @@ def test_api_without_a_log_says_so(index_dir):
 
 def test_api_keeps_answering_when_the_store_is_broken(index_dir, tmp_path):
     httpx = pytest.importorskip("httpx")
-    from dnfbot.serve.api import ServerThread, create_app
+    from dnfbot.serve.app import create_app
     from dnfbot.serve.backends import open_backends
+    from dnfbot.serve.run import ServerThread
 
     bad = tmp_path / "fb.sqlite3"
     bad.write_bytes(b"garbage!" * 512)
@@ -483,8 +515,15 @@ def test_kill_9_mid_write_loses_no_committed_feedback(index_dir, tmp_path):
                     key = f"{n:02d}{i:06d}" + uuid.uuid4().hex[:8]
                     i += 1
                     try:
-                        r = c.post(base + "/v1/feedback", json={"answer_id": ids[i % 5], "rating": "down",
-                                                                "correction": f"답 {key}", "feedback_id": key})
+                        r = c.post(
+                            base + "/v1/feedback",
+                            json={
+                                "answer_id": ids[i % 5],
+                                "rating": "down",
+                                "correction": f"답 {key}",
+                                "feedback_id": key,
+                            },
+                        )
                     except httpx.HTTPError:
                         return  # the server is gone
                     if r.status_code == 200:
@@ -557,7 +596,10 @@ def test_the_postgres_path_is_the_same_code(postgres_url, tmp_path):
     url = postgres_url
     with AnswerLog(url) as lg:
         bad = _log(lg, "더스크 피로도 얼마나 들어?", "일일 입장 제한은 없습니다. [1]", created=1000.0)
-        assert lg.feedback(make_feedback(bad, correction="고정 피로도 30입니다.", feedback_id="pg-key-0001")) == "stored"
+        assert (
+            lg.feedback(make_feedback(bad, correction="고정 피로도 30입니다.", feedback_id="pg-key-0001"))
+            == "stored"
+        )
         assert lg.feedback(make_feedback(bad, "down", feedback_id="pg-key-0001")) == "duplicate"
         assert lg.feedback(make_feedback("e" * 32, "down")) == "unknown_answer"
     res = _cli("feedback", "export", "--db", url, "--as", "rm", "--out", str(tmp_path / "rm.jsonl"), "--json")

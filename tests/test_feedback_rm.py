@@ -18,16 +18,17 @@ from dnfbot.io import read_jsonl  # noqa: E402
 from dnfbot.rag import Answer  # noqa: E402
 
 pytestmark = pytest.mark.slow
-PAIRS = Path(__file__).parent / "fixtures" / "train_pairs.jsonl"  # 30 questions: a full answer and a few words
+PAIRS = (
+    Path(__file__).parent / "fixtures" / "train_pairs.jsonl"
+)  # 30 questions: a full answer and a few words
 
 
 def _cli(args: list[str]):
     from typer.testing import CliRunner
 
-    import dnfbot.cli as cli
+    from dnfbot.cli import app
 
-    cli._register_areas()
-    return CliRunner().invoke(cli.app, args)
+    return CliRunner().invoke(app, args)
 
 
 def test_an_export_of_corrections_trains_a_reward_model_that_prefers_them(polyglot_tokenizer_dir, tmp_path):
@@ -51,7 +52,9 @@ def test_an_export_of_corrections_trains_a_reward_model_that_prefers_them(polygl
     torch.set_num_threads(2)
     base = init_tiny("gpt-neox", polyglot_tokenizer_dir, tmp_path / "base")
     cfg = tmp_path / "rm.yaml"
-    cfg.write_text(f"model: {base}\nlora:\n  dropout: 0.0\nrm:\n  lr: 0.001\n  logging_steps: 5\n  threads: 2\n")
+    cfg.write_text(
+        f"model: {base}\nlora:\n  dropout: 0.0\nrm:\n  lr: 0.001\n  logging_steps: 5\n  threads: 2\n"
+    )
     res = _cli(["train", "rm", "--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "run"),
                 "--max-steps", "30", "--batch-size", "4", "--json"])  # fmt: skip
     assert res.exit_code == 0, res.output

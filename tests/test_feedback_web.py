@@ -39,7 +39,9 @@ def test_thumbs_down_and_correction_in_chromium_become_a_preference_pair(tmp_pat
                    None)  # fmt: skip
     driver_bin = shutil.which("chromedriver")
     if not browser or not driver_bin:
-        pytest.skip("needs the system chromium + chromedriver (Debian: apt-get install chromium chromium-driver)")
+        pytest.skip(
+            "needs the system chromium + chromedriver (Debian: apt-get install chromium chromium-driver)"
+        )
     pytest.importorskip("selenium")
     from selenium import webdriver
     from selenium.webdriver.common.by import By
@@ -81,11 +83,15 @@ def test_thumbs_down_and_correction_in_chromium_become_a_preference_pair(tmp_pat
         wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "[aria-label='Thumbs down']"))).click()
         wait.until(ec.presence_of_element_located((By.XPATH, "//*[contains(text(), '평가를 저장했어요')]")))
         wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "[data-testid='stPopoverButton']"))).click()
-        area = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "textarea[aria-label='맞는 답을 써 주세요']")))
+        area = wait.until(
+            ec.element_to_be_clickable((By.CSS_SELECTOR, "textarea[aria-label='맞는 답을 써 주세요']"))
+        )
         area.send_keys(CORRECTION)
         send = "//button[.//*[normalize-space(text())='보내기']]"
         wait.until(ec.element_to_be_clickable((By.XPATH, send))).click()
-        wait.until(ec.presence_of_element_located((By.XPATH, "//*[contains(text(), '고친 답변을 저장했어요')]")))
+        wait.until(
+            ec.presence_of_element_located((By.XPATH, "//*[contains(text(), '고친 답변을 저장했어요')]"))
+        )
     finally:
         if driver is not None:
             driver.quit()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dnfbot import NO_INFO_ANSWER
-from dnfbot.cli_util import out
+from dnfbot.console import out
+from dnfbot.corpus.vocabulary import CATEGORY1, CATEGORY2
 from dnfbot.errors import DnfbotError, InputError
 from dnfbot.feedback.trace import Traced, make_feedback, new_id
 from dnfbot.rag import is_refusal
@@ -18,9 +19,6 @@ HELP = """명령어 (commands):
   /good [comment]              the last answer was right (👍)
   /bad [the right answer]      the last answer was wrong (👎), optionally with the answer it should have given
   /help, /quit"""
-
-CATEGORY1 = ("공략", "장비", "직업")
-CATEGORY2 = ("레이드", "레기온", "기타 던전")
 
 
 def parse_filter(args: str) -> Filters:
@@ -52,7 +50,9 @@ def rate(answer_log, answer_id: str | None, good: bool, args: str) -> str:
         return f"[red]{e}"
     if good:
         return "[green]👍 고마워요! 피드백을 저장했어요."
-    return "[green]👎 저장했어요." + (" 고친 답변도 함께 저장했어요." if text else " /bad 뒤에 맞는 답을 써 주셔도 돼요.")
+    return "[green]👎 저장했어요." + (
+        " 고친 답변도 함께 저장했어요." if text else " /bad 뒤에 맞는 답을 써 주셔도 돼요."
+    )
 
 
 def run_chat(rag, input_fn=input, answer_log=None) -> list[dict]:

@@ -14,6 +14,7 @@ honestly that there is none.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -319,3 +320,51 @@ def _dedupe(sources: list[dict]) -> list[dict]:
             seen.add(s["doc_id"])
             out.append(s)
     return out
+
+
+# --- the app factory: what every front end opens (CLI, HTTP API, web page, benchmarks) -----------------------
+
+
+def open_rag(
+    index_dir: str | os.PathLike | None = None,
+    config: str | os.PathLike | None = None,
+    backend: str | None = None,
+    mode: str | None = None,
+    **gen_overrides: object,
+) -> RAG:
+    """Settings + the live index (rebuilt first if its corpus or settings changed) + retriever + generator.
+
+    gen_overrides: generation settings given on the command line (model, adapter, base_url, …); None = not given."""
+    from dnfbot.config import load_settings
+    from dnfbot.generate import get_generator
+    from dnfbot.retrieval.index import open_index, open_retriever
+
+    settings = load_settings(config)
+    overrides = {k: v for k, v in dict(gen_overrides, backend=backend).items() if v is not None}
+    if overrides:
+        settings.generation = settings.generation.model_copy(update=overrides)
+    idx, build = open_index(settings.resolve_index_dir(index_dir), settings, on_rebuild=_say_rebuilding)
+    generator = None
+    if settings.generation.backend != "extractive":
+        generator = get_generator(settings.generation.backend, settings=settings.generation)
+    retriever = open_retriever(idx, build, settings, mode)
+    return RAG(idx, settings, generator, retriever=retriever)
+
+
+def _say_rebuilding(build: object) -> None:
+    from dnfbot.console import console
+
+    console.print("[yellow]corpus or settings changed since the index was built: rebuilding…")
+
+
+def read_questions(path: str | os.PathLike) -> list[str]:
+    """Questions from a batch file ({"question": …} per line), validated before any work starts."""
+    from dnfbot.io import iter_records, require_text
+
+    questions = []
+    for where, rec in iter_records(path):
+        require_text(rec, "question", where)
+        questions.append(rec["question"])  # as written: batch output echoes it
+    if not questions:
+        raise InputError(f"{path}: no questions")
+    return questions

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dnfbot.errors import InputError
-from dnfbot.io import iter_jsonl
+from dnfbot.eval.metrics import mrr, percentile, recall
+from dnfbot.io import iter_records, require_text
 from dnfbot.retrieval.tokenizer import KoreanTokenizer
 
 
@@ -30,10 +31,8 @@ class DevItem:
 
 def load_devset(path: str | Path) -> list[DevItem]:
     items = []
-    for i, r in enumerate(iter_jsonl(path), start=1):
-        where = f"{path}: record {i}"
-        if not isinstance(r.get("question"), str) or not r["question"].strip():
-            raise InputError(f"{where}: missing field 'question'")
+    for i, (where, r) in enumerate(iter_records(path), start=1):
+        require_text(r, "question", where)
         answerable = bool(r.get("answerable", bool(r.get("gold_doc_ids"))))
         gold = [str(g) for g in r.get("gold_doc_ids") or []]
         if answerable and not gold:
@@ -105,14 +104,14 @@ def evaluate(rag, items: list[DevItem], k: int = 5, calibrate: bool = False) -> 
         "answerable": len(answerable),
         "unanswerable": len(unanswerable),
         "k": k,
-        f"recall@{k}": sum(p["rank"] is not None for p in answerable) / n_a,
-        f"mrr@{k}": sum(1 / p["rank"] for p in answerable if p["rank"]) / n_a,
+        f"recall@{k}": recall(p["rank"] or 0 for p in answerable),
+        f"mrr@{k}": mrr(p["rank"] or 0 for p in answerable),
         "answer_hit": sum(p["answer_hit"] for p in answerable) / n_a,
         "refusal_accuracy": sum(not p["answered"] for p in unanswerable) / n_u,
         "false_refusal": sum(not p["answered"] for p in answerable) / n_a,
         "min_coverage": rag.settings.answer.min_coverage,
-        "search_ms_p50": _pct(lat_search, 50) * 1000,
-        "ask_ms_p50": _pct(lat_ask, 50) * 1000,
+        "search_ms_p50": percentile(lat_search, 50) * 1000,
+        "ask_ms_p50": percentile(lat_ask, 50) * 1000,
         "per_query": per,
     }
     if calibrate:
@@ -135,12 +134,6 @@ def calibrate_threshold(per: list[dict], max_false_refusal: float = 0.10, steps:
         if best is None or score > best["balanced_accuracy"] + 1e-9:
             best = {"threshold": th, "refusal_accuracy": ra, "false_refusal": fr, "balanced_accuracy": score}
     return best or {}
-
-
-def _pct(xs: list[float], q: float) -> float:
-    import numpy as np
-
-    return float(np.percentile(xs, q)) if xs else 0.0
 
 
 def format_report(r: dict) -> str:

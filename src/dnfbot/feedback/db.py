@@ -82,7 +82,9 @@ def sqlite_path(url: str) -> Path:
     if url.startswith("sqlite:///"):  # SQLAlchemy's spelling: sqlite:///relative, sqlite:////absolute
         return Path(url[len("sqlite:///") :])
     if "://" in url:
-        raise InputError(f"feedback database '{display(url)}': use a file path, sqlite:///PATH or postgresql://…")
+        raise InputError(
+            f"feedback database '{display(url)}': use a file path, sqlite:///PATH or postgresql://…"
+        )
     return Path(url).expanduser()
 
 

@@ -8,9 +8,9 @@ log's contents: the same log gives byte-identical files.
 
 - rm / dpo: preference pairs within a group: chosen = a player's correction, or an answer rated 👍; rejected = an
   answer rated 👎 (a correction also rejects the answer it corrects). The prompt is the rejected answer's question.
-  rm: {"prompt": question, "chosen", "rejected", "split", …} as `dnfbot data rm` writes and `train rm` reads.
-  dpo: the same pairs with the prompt in the model's format ("### 질문: …\\n\\n### 답변:") and the completions
-  with their leading space, as TRL's DPOTrainer reads them ("question" keeps the bare question).
+  Both write the pair records of `dnfbot data rm` — {"prompt": question, "chosen", "rejected", "id", "source",
+  "split", "pair"} plus the answer ids — which `train rm` and `train dpo` both read (each trainer puts the
+  prompt into the model's format itself); `--as dpo` is the same file under the name of the trainer it feeds.
 - sft: one `data sft` record per distinct correction.
 - pairs: `data pairs` records for `train embedder`: the question and the passage an upvoted answer cited; a hard
   negative ("negative") from another article: a passage a downvoted answer in the group cited, else the best
@@ -24,27 +24,41 @@ Citation markers (" [1]") are taken out of answer texts: they point into one ans
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dnfbot import NO_INFO_ANSWER
-from dnfbot.datasets.build import (
-    _digest,
-    _jaccard,
-    _numbers,
-    _trigrams,
-    assign_split,
-    normalize_question,
-    sft_record,
-)
+from dnfbot.datasets.build import sft_record
+from dnfbot.datasets.splits import assign_split, normalize_question
 from dnfbot.errors import InputError
 from dnfbot.feedback.store import iter_answers, read_feedback, verdicts
 from dnfbot.io import write_jsonl
 
 FORMATS = ("rm", "dpo", "sft", "pairs", "eval")
 _MARKER = re.compile(r"\s*\[\d+\]")
+_DIGITS = re.compile(r"\d+")
+
+
+# The near-duplicate test of `dnfbot data …` (datasets/build.dedup): character trigrams of the normalised
+# question, Jaccard >= threshold, and the same numbers ("3단계" and "4단계" stay apart).
+def _trigrams(s: str) -> set[str]:
+    return {s[i : i + 3] for i in range(len(s) - 2)} if len(s) >= 3 else {s}
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    inter = len(a & b)
+    return inter / (len(a) + len(b) - inter) if inter else 0.0
+
+
+def _numbers(q: str) -> list[str]:
+    return _DIGITS.findall(q)
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()[:16]
 
 
 def clean_answer(text: str) -> str:
@@ -159,17 +173,6 @@ def preference_pairs(groups: list[Group], valid_fraction: float) -> list[dict]:
                     "chosen_answer_id": cid,
                     "rejected_answer_id": r.row["id"],
                 })  # fmt: skip
-    return out
-
-
-def dpo_records(pairs: list[dict]) -> list[dict]:
-    from dnfbot.train.common import split_prompt_completion
-
-    out = []
-    for p in pairs:
-        prompt, chosen = split_prompt_completion(p["prompt"], p["chosen"])
-        _, rejected = split_prompt_completion(p["prompt"], p["rejected"])
-        out.append({**p, "prompt": prompt, "chosen": chosen, "rejected": rejected, "question": p["prompt"]})
     return out
 
 
@@ -306,14 +309,16 @@ def export(
     groups = group_questions(items, dedup_threshold)
     extra: dict = {}
     if kind in ("rm", "dpo"):
-        rows = preference_pairs(groups, valid_fraction)
-        if kind == "dpo":
-            rows = dpo_records(rows)
+        rows = preference_pairs(
+            groups, valid_fraction
+        )  # dpo: the same pair records (train dpo reads data rm's)
     elif kind == "sft":
         rows = sft_records(groups, valid_fraction)
     elif kind == "pairs":
         if index is None:
-            raise InputError("--as pairs reads the cited passages from the index: give --index-dir (or build one)")
+            raise InputError(
+                "--as pairs reads the cited passages from the index: give --index-dir (or build one)"
+            )
         rows, extra["missing_chunk"] = embedder_pairs(groups, index, valid_fraction)
         extra["with_negative"] = sum("negative" in r for r in rows)
     else:

@@ -35,7 +35,11 @@ def compute(db, top: int = 10) -> dict:
         if it.rating is None:
             continue
         r = it.row
-        for name, value in (("category1", r["category1"]), ("board", r["category3"]), ("backend", r["backend"])):
+        for name, value in (
+            ("category1", r["category1"]),
+            ("board", r["category3"]),
+            ("backend", r["backend"]),
+        ):
             by[name][value or "(none)"][it.rating] += 1
     down_rate = {
         name: {k: _rate({"up": c["up"], "down": c["down"]}) for k, c in sorted(table.items())}

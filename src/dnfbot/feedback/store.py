@@ -97,13 +97,17 @@ class AnswerLog:
         try:
             return self.submit(entry).result(timeout)
         except FutureTimeout:
-            raise StoreError(f"feedback not stored within {timeout:g} s (database {self.where} busy)") from None
+            raise StoreError(
+                f"feedback not stored within {timeout:g} s (database {self.where} busy)"
+            ) from None
 
     async def feedback_async(self, entry: FeedbackEntry, timeout: float = 15.0) -> str:
         try:
             return await asyncio.wait_for(asyncio.wrap_future(self.submit(entry)), timeout)
         except TimeoutError:
-            raise StoreError(f"feedback not stored within {timeout:g} s (database {self.where} busy)") from None
+            raise StoreError(
+                f"feedback not stored within {timeout:g} s (database {self.where} busy)"
+            ) from None
 
     def flush(self, timeout: float = 15.0) -> bool:
         """Wait until everything queued before this call has been written (or failed)."""
@@ -300,3 +304,25 @@ def purge(db: Database, before: float, dry_run: bool = False) -> dict:
             db.rollback()
             raise StoreError(f"feedback database {display(db.url)}: {one_line(e)}") from None
     return {"answers": int(n_ans), "feedback": int(n_fb), "dry_run": dry_run}
+
+
+def parse_before(text: str) -> float:
+    """'2025-01-31' (UTC midnight), an ISO date-time, or '30d' (30 days ago) → epoch seconds."""
+    import datetime as dt
+    import re
+
+    from dnfbot.errors import InputError
+
+    s = text.strip()
+    m = re.fullmatch(r"(\d+)d", s)
+    if m:
+        return (dt.datetime.now(dt.UTC) - dt.timedelta(days=int(m.group(1)))).timestamp()
+    try:
+        when = dt.datetime.fromisoformat(s)
+    except ValueError:
+        raise InputError(
+            f"--before {text!r}: give a date (2025-01-31), a date-time (2025-01-31T12:00) or 30d"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()

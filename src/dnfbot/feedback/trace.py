@@ -141,7 +141,15 @@ class FeedbackEntry:
     created: float = field(default_factory=time.time)
 
     def row(self) -> tuple:
-        return (self.id, self.answer_id, self.created, self.channel, self.rating, self.correction, self.comment)
+        return (
+            self.id,
+            self.answer_id,
+            self.created,
+            self.channel,
+            self.rating,
+            self.correction,
+            self.comment,
+        )
 
 
 FEEDBACK_COLUMNS = ("id", "answer_id", "created", "channel", "rating", "correction", "comment")
@@ -183,7 +191,9 @@ def make_feedback(
     fb = FeedbackEntry(aid, rating, correction, comment, channel)
     if feedback_id is not None:
         if not isinstance(feedback_id, str) or not _KEY.fullmatch(feedback_id):
-            raise InputError("feedback_id: 8–64 characters of [A-Za-z0-9_.:-] (a client-chosen key makes retries safe)")
+            raise InputError(
+                "feedback_id: 8–64 characters of [A-Za-z0-9_.:-] (a client-chosen key makes retries safe)"
+            )
         fb.id = feedback_id
     return fb
 
@@ -205,7 +215,12 @@ class Traced:
         self.log = answer_log
         self.cap = Capture(rag) if answer_log is not None else None
         self.rag = self.cap.rag if self.cap is not None else rag
-        self.channel, self.history, self.filters, self.conversation = channel, history or [], filters, conversation
+        self.channel, self.history, self.filters, self.conversation = (
+            channel,
+            history or [],
+            filters,
+            conversation,
+        )
         self.id = (answer_id or new_id()) if answer_log is not None else None
         self.started = time.perf_counter()
 

@@ -39,7 +39,9 @@ class GenerationRequest:
     query: Any = None
     evidence: Any = None
     analyses: list = field(default_factory=list)  # one PassageAnalysis per passage
-    passage_ranks: list[int] = field(default_factory=list)  # retrieval rank of each passage's article (0 = best)
+    passage_ranks: list[int] = field(
+        default_factory=list
+    )  # retrieval rank of each passage's article (0 = best)
     said: list[str] = field(default_factory=list)  # sentences the conversation already said: never repeated
 
 

@@ -186,7 +186,7 @@ class EmbeddingCache:
 # --- building -----------------------------------------------------------------------------------------------
 def build_dense(build_dir: Path, chunks: list[Chunk], settings: DenseSettings, cache_dir: Path) -> dict:
     """Encode the chunks (reusing cached embeddings) and write build_dir/dense/{index.faiss, ids.json, meta.json}."""
-    from dnfbot.cli_util import progress
+    from dnfbot.console import progress
 
     faiss = _require("faiss")
 
@@ -326,10 +326,6 @@ class DenseRetriever:
         self.last_timing: dict[str, float] = {}
         self._qcache: OrderedDict[str, np.ndarray] = OrderedDict()
 
-    @property
-    def tokenizer(self):
-        return self.index.tokenizer
-
     def encode_query(self, query: str) -> np.ndarray:
         """The normalised query vector (a small LRU cache: search and ask often embed the same question)."""
         v = self._qcache.get(query)
@@ -377,8 +373,6 @@ class DenseRetriever:
         return hits
 
     # SparseIndex's query API, for callers that use the retriever where they used the index
-    def query_scores(self, query: str, filters: Filters | None = None) -> np.ndarray:
-        return self.scores(query, self.encode_query(query), filters)
 
 
 def load_dense_matrix(build_path: Path, index: SparseIndex) -> tuple[np.ndarray, dict]:

@@ -288,12 +288,16 @@ def is_chitchat(question: str, concepts: list[Concept]) -> bool:
 
 def presence_bits(query: Query, analysis: PassageAnalysis) -> tuple[list[int], int]:
     """(per sentence: the concepts it holds, the concepts the article's title/class holds) as bit masks."""
+    terms = frozenset(t for c in query.concepts for v in c.variants for t in v)
+    surfaces = [w for c in query.concepts for w in c.surfaces]
     bits = []
     for s in analysis.sentences:
         m = 0
-        for i, c in enumerate(query.concepts):
-            if c.found_in(s):
-                m |= 1 << i
+        # Most sentences share nothing with the question: one C-level test before the per-concept ones.
+        if not terms.isdisjoint(s.terms) or any(w in s.compact for w in surfaces):
+            for i, c in enumerate(query.concepts):
+                if c.found_in(s):
+                    m |= 1 << i
         bits.append(m)
     chunk = analysis.chunk
     title_terms = _title_terms(query, chunk.title)
@@ -322,6 +326,22 @@ def wanted_units(query: Query) -> frozenset[str]:
     return specific or (query.asks & {"number"})
 
 
+class _MaskWeights:
+    """Share of total weight held by a bit mask, memoised: windows repeat the same masks."""
+
+    def __init__(self, weights: list[float]):
+        self.weights = weights
+        self.total = sum(weights)
+        self.memo: dict[int, float] = {}
+
+    def __call__(self, mask: int) -> float:
+        hit = self.memo.get(mask)
+        if hit is None:
+            w = sum(x for i, x in enumerate(self.weights) if mask >> i & 1)
+            hit = self.memo[mask] = w / self.total if self.total > 0 else 0.0
+        return hit
+
+
 def gather(
     query: Query,
     analyses: list[PassageAnalysis],
@@ -334,28 +354,31 @@ def gather(
     date ("몇 초", "몇 퍼", "언제") is covered less (`unit_penalty`) by a window that holds none."""
     ev = Evidence(0.0)
     wanted = wanted_units(query)
-    bigram_total = sum(query.bigrams.values())
-    for an in analyses:
+    concept_share = _MaskWeights([c.weight for c in query.concepts])
+    grams = list(query.bigrams)
+    bigram_share_of = _MaskWeights([query.bigrams[g] for g in grams])
+
+    def gram_mask(present) -> int:
+        return sum(1 << i for i, g in enumerate(grams) if g in present)
+
+    for p, an in enumerate(analyses):
         bits, ctx = presence_bits(query, an)
         ev.presence.append(bits)
         ev.context.append(ctx)
-    for p, an in enumerate(analyses):
-        bits, ctx = ev.presence[p], ev.context[p]
         n = len(an.sentences)
-        title_bigrams = set(char_bigrams(an.chunk.title))
+        gbits = [gram_mask(s.bigrams) for s in an.sentences]
+        has_unit = [bool(wanted and s.units & wanted) for s in an.sentences]
+        title_grams = gram_mask(set(char_bigrams(an.chunk.title)))
         for a in range(max(1, n - window + 1) if n else 0):
             b = min(n, a + window)
-            mask = ctx
-            for m in bits[a:b]:
-                mask |= m
-            concept_cov = weigh(query, mask)
-            if bigram_total > 0:
-                window_bigrams = title_bigrams.union(*(an.sentences[i].bigrams for i in range(a, b)))
-                bigram_cov = sum(w for g, w in query.bigrams.items() if g in window_bigrams) / bigram_total
-            else:
-                bigram_cov = concept_cov
+            mask, gmask = ctx, title_grams
+            for k in range(a, b):
+                mask |= bits[k]
+                gmask |= gbits[k]
+            concept_cov = concept_share(mask)
+            bigram_cov = bigram_share_of(gmask) if grams else concept_cov
             cov = (1 - bigram_share) * concept_cov + bigram_share * bigram_cov
-            if wanted and not any(an.sentences[i].units & wanted for i in range(a, b)):
+            if wanted and not any(has_unit[a:b]):
                 cov -= unit_penalty
             if cov > ev.coverage + 1e-12:
                 ev.coverage, ev.concept_coverage, ev.bigram_coverage = cov, concept_cov, bigram_cov

@@ -151,7 +151,6 @@ class KoreanTokenizer:
             ]
 
 
-
 def _norm(form: str) -> str:
     return form.lower()
 

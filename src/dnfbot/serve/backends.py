@@ -55,7 +55,7 @@ def open_backends(
     **gen_overrides,
 ) -> Backends:
     """Load the index once; build the configured back end and, beside it, the extractive one."""
-    from dnfbot.commands import open_rag
+    from dnfbot.rag import open_rag
 
     base = open_rag(index_dir, config, backend, mode, **gen_overrides)
     name = base.settings.generation.backend

@@ -1,4 +1,4 @@
-"""The web chat page, run by `dnfbot ui` (Streamlit, as the original project's page).
+"""The web chat page, run by `dnfbot ui` (Streamlit: a chat page in one Python file, no front-end build).
 
 Sidebar: category pickers (공략 → 레이드/레기온/기타 던전 → a dungeon; 장비 → a board; 직업 → a class) that
 become retrieval filters, and the back-end selector. Main: the conversation, answers streamed as they are
@@ -17,12 +17,11 @@ import sys
 import streamlit as st
 
 from dnfbot import NO_INFO_ANSWER
+from dnfbot.corpus.vocabulary import CATEGORY1, CATEGORY2
 from dnfbot.errors import DnfbotError
 from dnfbot.rag import is_refusal
 from dnfbot.serve.ui_support import (
     ALL,
-    CATEGORY1,
-    CATEGORY2,
     backend_label,
     board_label,
     category_tree,
@@ -88,7 +87,9 @@ def _store_feedback(answer_log, msg: dict, rating: str | None, correction: str |
 
     try:
         answer_log.feedback(make_feedback(msg["answer_id"], rating, correction, channel="web"))
-        msg["feedback_note"] = "고친 답변을 저장했어요. 고마워요!" if correction else "평가를 저장했어요. 고마워요!"
+        msg["feedback_note"] = (
+            "고친 답변을 저장했어요. 고마워요!" if correction else "평가를 저장했어요. 고마워요!"
+        )
     except DnfbotError as e:
         msg["feedback_note"] = f"피드백을 저장하지 못했어요: {e}"
 
@@ -115,7 +116,11 @@ def feedback_controls(answer_log, msg: dict) -> None:
     left, right = st.columns([1, 5], vertical_alignment="center")
     with left:
         st.feedback("thumbs", key=f"rate:{aid}", on_change=_rated, args=(answer_log, msg))
-    with right, st.popover("고쳐 쓰기", icon="✏️"), st.form(key=f"fix:{aid}", clear_on_submit=True, border=False):
+    with (
+        right,
+        st.popover("고쳐 쓰기", icon="✏️"),
+        st.form(key=f"fix:{aid}", clear_on_submit=True, border=False),
+    ):
         st.text_area("맞는 답을 써 주세요", key=f"fix:{aid}:text", max_chars=5000)
         st.form_submit_button("보내기", on_click=_corrected, args=(answer_log, msg))
     if msg.get("feedback_note"):

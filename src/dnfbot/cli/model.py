@@ -1,0 +1,59 @@
+"""`dnfbot model init-tiny | init-embedder`: random-init models of the real shapes, for offline tests and benches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dnfbot.cli.options import JSON, show
+
+model = typer.Typer(no_args_is_help=True)
+TOKENIZER = typer.Option(..., "--tokenizer", help="tokenizer directory (e.g. shared/tokenizers/polyglot-ko)")
+SEED = typer.Option(0, "--seed")
+
+
+@model.command("init-tiny")
+def model_init_tiny(
+    arch: str = typer.Option("gpt-neox", "--arch", help="gpt-neox (polyglot-ko) | llama (EEVE / SOLAR)"),
+    tokenizer: Path = TOKENIZER,
+    out_dir: Path = typer.Option(..., "--out", help="output model directory"),
+    size: str = typer.Option(
+        "tiny", "--size", help="tiny (~4M) | small (~45M) | 1.3b | 12.8b | 10.8b (GPU benchmarks)"
+    ),
+    seed: int = SEED,
+    json_out: bool = JSON,
+):
+    """Random-init model of the real architecture with the real tokenizer (offline tests and demos)."""
+    from dnfbot.console import out
+    from dnfbot.models import count_parameters, init_tiny, load_model
+
+    path = init_tiny(arch, tokenizer, out_dir, size=size, seed=seed)
+    m, tok = load_model(path)
+    _, total = count_parameters(m)
+    res = {"output_dir": str(path), "arch": arch, "size": size, "params": total, "vocab": len(tok)}
+    show(
+        res,
+        json_out,
+        lambda r: out.print(f"[green]init-tiny[/]: {arch}/{size}, {total:,} parameters → {path}"),
+    )
+
+
+@model.command("init-embedder")
+def model_init_embedder(
+    tokenizer: Path = TOKENIZER,
+    out_dir: Path = typer.Option(..., "--out", help="where to write the sentence-transformers model"),
+    size: str = typer.Option(
+        "tiny", "--size", help="tiny (1 layer, dim 64) | small (MiniLM-L6 shape) | m3 (bge-m3 shape)"
+    ),
+    seed: int = SEED,
+    json_out: bool = JSON,
+):
+    """A random-init BERT-style sentence embedder (mean pooling + normalize) for offline tests and benches."""
+    from dnfbot.console import out
+    from dnfbot.train.embed import init_embedder
+
+    show(init_embedder(tokenizer, out_dir, size, seed), json_out, lambda r: out.print(
+        f"[green]wrote[/] {r['out']}: {r['arch']} {r['size']}, dim {r['dim']}, "
+        f"{r['parameters'] / 1e6:.1f}M parameters, max {r['max_seq_length']} tokens"
+    ))  # fmt: skip
