@@ -1,10 +1,12 @@
 """Load for `dnfbot bench feedback`, run as its own process (keep-alive raw HTTP/1.1, as dnfbot.bench.loadgen).
 
     python -m dnfbot.bench.feedback_load seq   --url URL --questions q.txt --duration 15
+    python -m dnfbot.bench.feedback_load pair  --url URL_A --url-b URL_B --questions q.txt --duration 30
     python -m dnfbot.bench.feedback_load mixed --url URL --questions q.txt --duration 30 --ask-rate 100 \
                                             --feedback-rate 200 --nonces out.txt
 
-seq: one client asking /ask back to back (the latency the answer log adds). mixed: /ask at a fixed rate and, unless
+seq: one client asking /ask back to back. pair: one client alternating between two servers (log off, log on:
+the latency the answer log adds, see run_pair). mixed: /ask at a fixed rate and, unless
 --feedback-rate 0, POST /v1/feedback at a fixed rate (open loop: each request is due at its scheduled time, and
 its latency counts from then, so a slow server cannot hide its queue) on answers asked first. Every feedback POST
 carries a unique nonce in its comment; the ones answered 200 are written to --nonces so the bench can count what
@@ -47,6 +49,47 @@ async def run_seq(url: str, questions: list[str], duration: float) -> dict:
     finally:
         conn.close()
     return {"requests": n, "errors": errors, **percentiles(lat)}
+
+
+async def run_pair(url_a: str, url_b: str, questions: list[str], duration: float) -> dict:
+    """One client alternating between two servers, the same question to each, the order swapped every pair: both
+    see the same machine load at nearly the same moment, so the median per-pair difference (b - a) is the cost
+    of what b does more, even on a busy machine whose load drifts more than that within seconds."""
+    conns = []
+    for url in (url_a, url_b):
+        host, port = target(url)
+        c = Conn(host, port)
+        await c.open()
+        conns.append(c)
+    lat: dict[str, list[float]] = {"a": [], "b": []}
+    diffs: list[float] = []
+    errors, n = 0, 0
+    deadline = time.perf_counter() + duration
+    try:
+        while time.perf_counter() < deadline:
+            body = {"question": questions[n % len(questions)]}
+            order = ("a", "b") if n % 2 == 0 else ("b", "a")
+            took = {}
+            for side in order:
+                t = time.perf_counter()
+                status, _ = await _request(conns[side == "b"], "/ask", body)
+                took[side] = time.perf_counter() - t
+                errors += status != 200
+            n += 1
+            for side in "ab":
+                lat[side].append(took[side])
+            diffs.append(took["b"] - took["a"])
+    finally:
+        for c in conns:
+            c.close()
+    diffs.sort()
+    return {
+        "pairs": n,
+        "errors": errors,
+        "a": percentiles(lat["a"]),
+        "b": percentiles(lat["b"]),
+        "median_diff_ms": round(diffs[len(diffs) // 2] * 1000, 3) if diffs else None,
+    }
 
 
 class Pool:
@@ -165,8 +208,9 @@ def _keys(d: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m dnfbot.bench.feedback_load")
-    p.add_argument("mode", choices=["seq", "mixed"])
+    p.add_argument("mode", choices=["seq", "pair", "mixed"])
     p.add_argument("--url", required=True)
+    p.add_argument("--url-b", help="pair: the second server")
     p.add_argument("--questions", required=True)
     p.add_argument("--duration", type=float, default=30.0)
     p.add_argument("--ask-rate", type=float, default=100.0)
@@ -177,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
         questions = [line.strip() for line in f if line.strip()]
     if a.mode == "seq":
         result = asyncio.run(run_seq(a.url, questions, a.duration))
+    elif a.mode == "pair":
+        result = asyncio.run(run_pair(a.url, a.url_b, questions, a.duration))
     else:
         result = asyncio.run(run_mixed(a.url, questions, a.duration, a.ask_rate, a.feedback_rate, a.nonces))
     sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
