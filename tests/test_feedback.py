@@ -270,6 +270,12 @@ def test_export_rm_dpo_sft_eval(tmp_path):
 
     assert len(load_devset(tmp_path / "eval.jsonl")) == len(items)  # eval/ can read it as it is
 
+    for kind in ("dpo", "sft", "eval"):  # every format: the same log gives the same bytes
+        export(db, kind, tmp_path / f"{kind}-again.jsonl")
+        assert (tmp_path / f"{kind}.jsonl").read_bytes() == (tmp_path / f"{kind}-again.jsonl").read_bytes(), (
+            kind
+        )
+
 
 def test_export_pairs_uses_the_cited_passage_and_a_hard_negative(rag, tmp_path):
     url = str(tmp_path / "fb.sqlite3")
