@@ -34,6 +34,7 @@ BENCHMARKS = {
     "train": "dnfbot.bench.train:TrainBench",
     "ppo": "dnfbot.bench.ppo:PPOBench",
     "index": "dnfbot.bench.index_scale:IndexScaleBench",
+    "feedback": "dnfbot.bench.feedback:FeedbackBench",
 }
 
 
