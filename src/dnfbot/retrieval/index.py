@@ -51,6 +51,11 @@ def index_params(settings: Settings) -> dict:
             "query_prefix": d.query_prefix,
             "passage_prefix": d.passage_prefix,
         }
+        from dnfbot.retrieval.encoders import resolve_backend  # cheap: no torch import
+
+        backend = resolve_backend(d.model, d.backend)
+        if backend != "sentence-transformers":  # absent = the original back end: older fingerprints hold
+            params["dense"]["backend"] = backend
     return params
 
 
@@ -61,8 +66,10 @@ def build_index(
     *,
     force: bool = False,
     tokenizer: KoreanTokenizer | None = None,
+    embedding_cache: Path | None = None,
 ) -> BuildResult:
-    """Build (or keep, when the corpus and settings are unchanged) the index for `corpus` in `index_dir`."""
+    """Build (or keep, when the corpus and settings are unchanged) the index for `corpus` in `index_dir`.
+    Dense vectors are cached in `embedding_cache` (default index_dir/embedding-cache)."""
     t0 = time.perf_counter()
     index_dir = Path(index_dir)
     sources = store.describe_sources(corpus)
@@ -100,7 +107,9 @@ def build_index(
         if settings.dense.model:
             from dnfbot.retrieval.dense import build_dense  # the [dense] extra
 
-            dense_info = build_dense(tmp, chunks, settings.dense, cache_dir=index_dir / "embedding-cache")
+            dense_info = build_dense(
+                tmp, chunks, settings.dense, cache_dir=embedding_cache or index_dir / "embedding-cache"
+            )
         manifest = {
             "format_version": store.FORMAT_VERSION,
             "fingerprint": fp,
