@@ -419,6 +419,42 @@ def test_max_cosine_is_the_best_query_passage_cosine(dense_index):
     assert r.max_cosine("어둑섬 입장 조건", []) == 0.0
 
 
+def test_dense_gate_scores_and_auc():
+    from dnfbot.retrieval import dense_gate as g
+
+    assert g.auc([0.9, 0.8, 0.1], [True, True, False]) == 1.0
+    assert g.auc([0.5, 0.5], [True, False]) == 0.5  # a tie counts half
+    with pytest.raises(ValueError):
+        g.auc([0.1], [True])
+    cov = np.array([0.6, 0.55, 0.55, 0.4])
+    cos = np.array([0.85, 0.86, 0.70, 0.80])
+    y = [True, True, False, False]
+    assert g.combined_score(0.5, 0.9, weight=0.0) == 0.5  # weight 0 = coverage alone
+    assert g.combined_score(0.5, 0.0, weight=1.0, center=0.8) < 0.5  # no hits never helps
+    fit = g.fit_weight(cov, cos, y)
+    assert fit["auc_coverage"] < 1.0 and fit["auc"] == 1.0 and fit["weight"] > 0  # the dense term breaks the tie
+    assert g.max_cosine(np.array([1.0, 0.0]), np.array([[0.6, 0.8], [0.0, 1.0]])) == pytest.approx(0.6)
+    assert g.max_cosine(np.array([1.0, 0.0]), np.zeros((0, 2))) == 0.0
+
+
+def test_cached_encode_reuses_the_index_builds_vectors(dense_index, tmp_path, monkeypatch):
+    from dnfbot.retrieval.dense import cached_encode, passage_text
+    from dnfbot.retrieval.index import open_index, open_retriever
+
+    _, index_dir, settings, _ = dense_index
+    idx, build = open_index(index_dir, settings)
+    enc = open_retriever(idx, build, settings, "dense").encoder
+    texts = [passage_text(c) for c in idx.chunks[:3]]
+    cache = index_dir / "embedding-cache"  # where the build put them
+    want = enc.encode(texts, "passage")
+    monkeypatch.setattr(enc, "encode", lambda *a, **k: pytest.fail("encoded again"))
+    np.testing.assert_allclose(cached_encode(enc, texts, "passage", cache), want, atol=1e-6)
+    monkeypatch.undo()
+    q = cached_encode(enc, ["새 질문"], "query", tmp_path / "c")  # new text: encoded once, then kept
+    monkeypatch.setattr(enc, "encode", lambda *a, **k: pytest.fail("encoded again"))
+    np.testing.assert_allclose(cached_encode(enc, ["새 질문"], "query", tmp_path / "c"), q)
+
+
 def test_static_embedder_trains_and_serves_without_a_pretrained_model(tmp_path):
     from dnfbot.datasets.pairs import build_pairs
     from dnfbot.retrieval.index import build_index, open_index, open_retriever

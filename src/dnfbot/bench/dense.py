@@ -45,8 +45,9 @@ def _with_model(settings: Settings, model: str, backend: str | None = None) -> S
 
 
 def cache_dir(settings: Settings) -> Path:
-    """Benches build throw-away indexes but keep the vectors: $DNFBOT_HOME/embedding-cache."""
-    return settings.home / "embedding-cache"
+    """Benches build throw-away indexes but keep the vectors — in the live index's embedding cache, so that
+    what `index build` encoded is not encoded again (and the other way round)."""
+    return settings.index_dir / "embedding-cache"
 
 
 def _open(paths: list[str], settings: Settings, tmp: Path):

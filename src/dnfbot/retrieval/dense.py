@@ -183,6 +183,27 @@ class EmbeddingCache:
         atomic_write_bytes(self.folder / name, buf.getvalue())
 
 
+def cached_encode(encoder, texts: list[str], kind: str, cache_dir: Path | None, batch_size: int = 32,
+                  tag: str = "") -> np.ndarray:
+    """encoder.encode with the on-disk embedding cache the index build uses (keyed by the encoder's identity
+    and the exact prefixed text), so evaluations and benches re-encode only what no build or run has encoded.
+    `tag` separates vectors computed under other encoding settings (e.g. a shorter max length)."""
+    if cache_dir is None:
+        return encoder.encode(texts, kind, batch_size)
+    cache = EmbeddingCache(Path(cache_dir) / (encoder.identity + tag))
+    prefix = encoder.prefix(kind)
+    keys = [text_key(prefix + t) for t in texts]
+    todo = list({k: t for k, t in zip(keys, texts, strict=True) if k not in cache.vectors}.items())
+    if todo:
+        todo.sort(key=lambda kt: -len(kt[1]))  # similar lengths per batch: less padding
+        for i in range(0, len(todo), 256):
+            part = todo[i : i + 256]
+            cache.add([k for k, _ in part], encoder.encode([t for _, t in part], kind, batch_size))
+        cache.compact()
+    dim = encoder.dim if not texts else len(cache.vectors[keys[0]])
+    return np.stack([cache.vectors[k] for k in keys]).astype(np.float32) if texts else np.zeros((0, dim), np.float32)
+
+
 # --- building -----------------------------------------------------------------------------------------------
 def settings_spec(settings: DenseSettings, home: Path | None = None):
     """The EncoderSpec `dense.model` / `dense.backend` / the prefixes name (encoders.py)."""
@@ -402,11 +423,13 @@ class DenseRetriever:
 
     def max_cosine(self, query: str, hits: list[Hit]) -> float:
         """The best cosine between the query and the hits' passages (0 when there are none): the dense part
-        of an evidence gate (docs/dense.md: coverage + this measures better than coverage alone)."""
+        of an evidence gate (dense_gate.py: coverage + this measures better than coverage alone)."""
+        from dnfbot.retrieval.dense_gate import max_cosine
+
         if not hits:
             return 0.0
         rows = [self.index.position[h.chunk.chunk_id] for h in hits]
-        return float(np.max(self.matrix[rows] @ self.encode_query(query)))
+        return max_cosine(self.encode_query(query), self.matrix[rows])
 
     # SparseIndex's query API, for callers that use the retriever where they used the index
     def query_scores(self, query: str, filters: Filters | None = None) -> np.ndarray:

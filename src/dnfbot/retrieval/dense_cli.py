@@ -252,6 +252,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         ),
         ks: str = typer.Option("1,5,10", "--k", help="Recall@k cut-offs, comma-separated"),
         max_seq_length: int = typer.Option(None, "--max-seq-length"),
+        cache: bool = typer.Option(
+            True, "--cache/--no-cache", help="reuse/keep vectors in the index's embedding cache"
+        ),
         threads: int = ThreadsOpt,
         config: Path = ConfigOpt,
         json_out: bool = JsonOpt,
@@ -285,6 +288,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             query_prefix=prefixes[0],
             passage_prefix=prefixes[1],
             max_seq_length=max_seq_length,
+            cache_dir=s.index_dir / "embedding-cache" if cache else None,
         )
         if json_out:
             emit_json(r)

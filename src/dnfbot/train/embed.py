@@ -183,6 +183,27 @@ def mine_bm25_negatives(pairs: list[dict], index) -> list[str | None]:
     return negs
 
 
+# XLM-R tokens of this corpus: ~1,380 per 3,000-character chunk (≈ 2.2 characters a token); a little under, so
+# that a cropped passage still fits the training cut.
+CHARS_PER_TOKEN = 2
+
+
+def crop_passage(query: str, passage: str, budget: int | None) -> str:
+    """The passage as training sees it under a short `--max-seq-length`: when it is longer than `budget`
+    characters and the query is one of its sentences (an inverse-cloze pair), the title line plus a window
+    around that sentence — truncation would otherwise keep only the opening and drop the very sentence the
+    question was taken from. Other passages are returned whole (the tokenizer truncates them)."""
+    if not budget or len(passage) <= budget:
+        return passage
+    title, _, body = passage.partition("\n")
+    at = body.find(query.strip())
+    if at < 0:
+        return passage
+    room = max(budget - len(title) - 1, len(query))
+    start = max(0, min(at - (room - len(query)) // 3, len(body) - room))  # sentence in the first third
+    return f"{title}\n{body[start : start + room]}"
+
+
 def train_embedder(cfg: EmbedTrainConfig, index=None, log=None) -> dict:
     """Fine-tune cfg.model on cfg.pairs; save the final model to cfg.out and one model per epoch to
     cfg.out/epoch-N; write cfg.out/train_log.jsonl (loss per logging step) and cfg.out/embedder_train.json."""
@@ -209,9 +230,10 @@ def train_embedder(cfg: EmbedTrainConfig, index=None, log=None) -> dict:
     if cfg.max_seq_length:  # a reason to read less of each passage at search time
         model.max_seq_length = cfg.max_seq_length
     trainable = freeze(model, cfg.freeze_layers, cfg.freeze_embeddings or cfg.freeze_layers > 0)
+    budget = cfg.max_seq_length * CHARS_PER_TOKEN if cfg.max_seq_length else None
     data = {
         "anchor": [cfg.query_prefix + p["query"] for p in pairs],
-        "positive": [cfg.passage_prefix + p["passage"] for p in pairs],
+        "positive": [cfg.passage_prefix + crop_passage(p["query"], p["passage"], budget) for p in pairs],
     }
     mined = 0
     if cfg.hard_negatives:
