@@ -12,10 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dnfbot import NO_INFO_ANSWER
-from dnfbot.cli import _register_areas, app
+from dnfbot.cli import app
 
 MINI = Path(__file__).parent / "fixtures" / "mini_guide.json"
-_register_areas()
 runner = CliRunner()
 
 
@@ -52,10 +51,17 @@ def test_search_and_ask_json_contract(built):
     assert set(d["results"][0]) == {"doc_id", "title", "part", "score"} and d["results"][0]["doc_id"] == "0"
     r = run("ask", "더스크 피로도 얼마나 들어?", "--index-dir", str(index_dir), "--json")
     d = json.loads(r.stdout)
-    assert set(d) == {"answer", "answered", "sources"} and d["answered"] is True
-    assert set(d["sources"][0]) == {"doc_id", "title", "part", "score"}
+    assert set(d) == {"answer", "answered", "sources", "sentences"} and d["answered"] is True
+    assert set(d["sources"][0]) == {"doc_id", "title", "part", "score", "n"}
+    assert d["sentences"] and all(set(s) == {"text", "source"} for s in d["sentences"])
+    assert {s["source"] for s in d["sentences"]} == {s["n"] for s in d["sources"]}  # only contributors listed
     r = run("ask", "오늘 서울 날씨 어때?", "--index-dir", str(index_dir), "--json")
-    assert json.loads(r.stdout) == {"answer": NO_INFO_ANSWER, "answered": False, "sources": []}
+    assert json.loads(r.stdout) == {
+        "answer": NO_INFO_ANSWER,
+        "answered": False,
+        "sources": [],
+        "sentences": [],
+    }
 
 
 def test_batch_mode_one_line_per_query(built, tmp_path):
@@ -146,7 +152,7 @@ def test_index_dir_from_dnfbot_home(tmp_path, monkeypatch):
 
 def test_chat_filters_and_sources(built, capsys):
     from dnfbot.chat import parse_filter, run_chat
-    from dnfbot.commands import open_rag
+    from dnfbot.rag import open_rag
 
     _, index_dir = built
     f = parse_filter("직업 소드마스터")

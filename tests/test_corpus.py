@@ -175,3 +175,18 @@ def test_doctor_and_loader_on_the_real_guide_corpus(guide_corpus_path):
     docs, report = load_corpus(guide_corpus_path)
     assert report.loaded + len(report.skipped_empty) + len(report.skipped_duplicate) == 268
     assert all("\u200b" not in d.text and "&nbsp;" not in d.text for d in docs)
+
+
+def test_category_table_uses_exactly_the_vocabulary():
+    """One vocabulary (corpus/vocabulary.py) for the table, the filters, the pickers and the help texts."""
+    from importlib import resources
+
+    import yaml
+
+    from dnfbot.corpus.vocabulary import CATEGORY1, CATEGORY2, GUIDES
+
+    data = yaml.safe_load(resources.files("dnfbot").joinpath("data/categories.yaml").read_text("utf-8"))
+    rules = data["boards"]
+    assert {r["category1"] for r in rules} | {"직업"} == set(CATEGORY1)  # 직업: the class boards
+    assert {r["category2"] for r in rules if "category2" in r} == set(CATEGORY2)
+    assert all(r["category1"] == GUIDES for r in rules if "category2" in r)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dnfbot.cli import _register_areas, app
+from dnfbot.cli import app
 from dnfbot.datasets.build import (
     assign_split,
     build_ppo,
@@ -22,7 +22,6 @@ from dnfbot.datasets.build import (
 from dnfbot.errors import InputError
 from dnfbot.io import read_jsonl
 
-_register_areas()
 runner = CliRunner()
 
 
@@ -69,14 +68,16 @@ def test_sft_records_byte_exact(tmp_path):
 
 
 def test_sft_is_what_the_sft_trainer_loads(tmp_path):
-    from dnfbot.train.common import hash_split, load_records
+    from dnfbot.datasets.splits import train_valid
+    from dnfbot.train.common import load_records
 
     recs = [qa_rec(i, f"질문 {i}번은 무엇인가요?", doc=f"d{i}") for i in range(40)]
     out = tmp_path / "sft.jsonl"
     s = build_sft([write_qa(tmp_path / "qa.jsonl", recs)], out, valid_fraction=0.2)
     loaded = load_records(out, ("prompt", "completion"))
-    train, valid = hash_split(loaded, "prompt", 0.05)
-    assert len(valid) == s["valid"] > 0 and len(train) == s["train"] > 0  # our split field is honoured
+    split = train_valid(loaded, 0.05)
+    # our split field is honoured
+    assert len(split.valid) == s["valid"] > 0 and len(split.train) == s["train"] > 0
 
 
 def test_sft_passages_and_imports(tmp_path, guide_corpus_path):
@@ -240,7 +241,7 @@ def test_ppo_held_out_questions_mixed_with_imports(tmp_path, ppo_prompts_path):
         limit=30,
     )
     assert s2["records"] == 30 and s2["from_qa"] == 10  # the 1:2 mix is kept
-    from dnfbot.train.ppo import load_prompts
+    from dnfbot.train.rlhf.run import load_prompts
 
     assert len(load_prompts(out)) == s["records"]
 

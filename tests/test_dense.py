@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dnfbot.config import DenseSettings, Settings
+from dnfbot.config import ChunkSettings, DenseSettings, Settings
 from dnfbot.errors import IndexMissingError
 from dnfbot.retrieval.dense import (
     DenseRetriever,
@@ -232,9 +232,8 @@ def test_changed_model_after_build_is_an_error(dense_index, tmp_path):
 def _cli_lines(args: list[str]) -> list[dict]:
     from typer.testing import CliRunner
 
-    from dnfbot.cli import _register_areas, app
+    from dnfbot.cli import app
 
-    _register_areas()
     r = CliRunner().invoke(app, [*args, "--json"])
     assert r.exit_code == 0, r.output
     return [json.loads(line) for line in r.stdout.strip().splitlines() if line.startswith("{")]
@@ -379,7 +378,10 @@ def test_calibrated_weights_are_stored_with_the_index_and_used(dense_index, tmp_
     assert stored == report["chosen"] and tuned.fusion_source == "calibrated"
     again = open_retriever(idx, build, settings)
     assert again.fusion_source == "calibrated"
-    assert (again.settings.fusion, again.settings.sparse_weight) == (stored["fusion"], stored["sparse_weight"])
+    assert (again.settings.fusion, again.settings.sparse_weight) == (
+        stored["fusion"],
+        stored["sparse_weight"],
+    )
     off = settings.model_copy(deep=True)
     off.dense = off.dense.model_copy(update={"calibrated": False})
     assert open_retriever(idx, build, off).settings.sparse_weight == 0.3  # the original's weights on request
@@ -400,7 +402,9 @@ def test_eval_retrieval_calibrate_cli_reports_the_fusion(dense_index, tmp_path):
     ]
     dev.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     where = ["--index-dir", str(index_dir), "--config", str(_config(tmp_path, settings.dense.model))]
-    (report,) = _cli_lines(["eval", "retrieval", "--queries", str(dev), "--mode", "hybrid", "--calibrate", *where])
+    (report,) = _cli_lines(
+        ["eval", "retrieval", "--queries", str(dev), "--mode", "hybrid", "--calibrate", *where]
+    )
     f = report["fusion_calibration"]
     assert f["chosen"]["fusion"] in ("weighted", "rrf") and "held_out" in f and f["stored"]["questions"] == 2
     assert (index_dir / "fusion.json").exists()
@@ -432,7 +436,9 @@ def test_dense_gate_scores_and_auc():
     assert g.combined_score(0.5, 0.9, weight=0.0) == 0.5  # weight 0 = coverage alone
     assert g.combined_score(0.5, 0.0, weight=1.0, center=0.8) < 0.5  # no hits never helps
     fit = g.fit_weight(cov, cos, y)
-    assert fit["auc_coverage"] < 1.0 and fit["auc"] == 1.0 and fit["weight"] > 0  # the dense term breaks the tie
+    assert (
+        fit["auc_coverage"] < 1.0 and fit["auc"] == 1.0 and fit["weight"] > 0
+    )  # the dense term breaks the tie
     assert g.max_cosine(np.array([1.0, 0.0]), np.array([[0.6, 0.8], [0.0, 1.0]])) == pytest.approx(0.6)
     assert g.max_cosine(np.array([1.0, 0.0]), np.zeros((0, 2))) == 0.0
 
@@ -461,7 +467,7 @@ def test_static_embedder_trains_and_serves_without_a_pretrained_model(tmp_path):
     from dnfbot.retrieval.static_embed import StaticEncoder, train_static
 
     pairs = tmp_path / "pairs.jsonl"
-    build_pairs([MINI], pairs, ict_per_chunk=3, valid_fraction=0.0, chunk_size=100, chunk_overlap=0)
+    build_pairs([MINI], pairs, ict_per_chunk=3, valid_fraction=0.0, chunk=ChunkSettings(size=100, overlap=0))
     r = train_static(pairs, tmp_path / "static", dim=32, epochs=30, batch_size=8, min_count=1, seed=0)
     assert r["steps"] > 0 and r["last_loss"] < r["first_loss"]
     enc = StaticEncoder(str(tmp_path / "static"))

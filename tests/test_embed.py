@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dnfbot.config import ChunkSettings
 from dnfbot.datasets.pairs import assign_split, build_pairs
 from dnfbot.errors import InputError
 from dnfbot.train.embed import load_pairs
@@ -31,9 +32,8 @@ def _one_thread():
 def _cli_lines(args: list[str]) -> list[dict]:
     from typer.testing import CliRunner
 
-    from dnfbot.cli import _register_areas, app
+    from dnfbot.cli import app
 
-    _register_areas()
     r = CliRunner().invoke(app, [*args, "--json"])
     assert r.exit_code == 0, r.output
     return [json.loads(line) for line in r.stdout.strip().splitlines()]
@@ -95,13 +95,13 @@ def test_synth_pairs_use_the_chunk_the_question_was_written_from(tmp_path):
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"chunk_id": "1#1", "question": "ok?"}\n{"chunk_id": "1#1"}\n', encoding="utf-8")
-    with pytest.raises(InputError, match=r"bad.jsonl: record 2: .*'question'"):
+    with pytest.raises(InputError, match=r"bad.jsonl:2: .*'question'"):
         build_pairs([MINI], out, synth=[bad])
     with pytest.raises(InputError, match="--synth FILE"):
         build_pairs([MINI], out)
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"query": "q", "passage": "p", "chunk_id": "1#1"}\n{"query": "q2", "passage": ""}\n')
-    with pytest.raises(InputError, match=r"broken.jsonl: record 2: .*'passage'"):
+    with pytest.raises(InputError, match=r"broken.jsonl:2: .*'passage'"):
         load_pairs(broken)
 
 
@@ -284,7 +284,7 @@ def test_cpu_sized_fine_tuning_freezes_layers_and_stops_at_max_steps(tmp_path, p
     base = tmp_path / "base"
     init_embedder(polyglot_tokenizer_dir, base, "small")  # 6 layers
     pairs = tmp_path / "pairs.jsonl"
-    build_pairs([MINI], pairs, ict_per_chunk=2, valid_fraction=0.0, chunk_size=100, chunk_overlap=0)
+    build_pairs([MINI], pairs, ict_per_chunk=2, valid_fraction=0.0, chunk=ChunkSettings(size=100, overlap=0))
     cfg = EmbedTrainConfig(
         model=str(base),
         pairs=str(pairs),
@@ -307,7 +307,9 @@ def test_cpu_sized_fine_tuning_freezes_layers_and_stops_at_max_steps(tmp_path, p
     sd_b, sd_a = before[0].auto_model.state_dict(), after[0].auto_model.state_dict()
     for name in ("embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight"):
         assert (sd_a[name] == sd_b[name]).all(), name  # frozen
-    assert not (sd_a["encoder.layer.5.output.dense.weight"] == sd_b["encoder.layer.5.output.dense.weight"]).all()
+    assert not (
+        sd_a["encoder.layer.5.output.dense.weight"] == sd_b["encoder.layer.5.output.dense.weight"]
+    ).all()
     assert _json.loads((tmp_path / "run" / "embedder_train.json").read_text())["freeze_layers"] == 4
     with pytest.raises(InputError, match="the model has 6 layers"):
         train_embedder(EmbedTrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "r2"), "freeze_layers": 9}))

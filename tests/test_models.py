@@ -122,7 +122,6 @@ def test_cli_init_tiny_json(tmp_path, polyglot_tokenizer_dir):
 
     import dnfbot.cli as cli
 
-    cli._register_areas()
     res = CliRunner().invoke(
         cli.app,
         [
@@ -154,16 +153,14 @@ def test_cli_init_tiny_json(tmp_path, polyglot_tokenizer_dir):
 def test_real_model_configs_parse_for_every_stage(name, targets):
     from pathlib import Path
 
-    from dnfbot.generate.hf import DecodeOptions
-    from dnfbot.train.common import flatten_config, load_yaml_config, merge_options
-    from dnfbot.train.reward import RMOptions
-    from dnfbot.train.sft import SFTOptions
+    from dnfbot.train.options import load_options
 
     path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
-    cfg = load_yaml_config(path)
-    sft = merge_options(SFTOptions, flatten_config(cfg, "sft", path=path), {"max_steps": 5}, path=path)
-    rm = merge_options(RMOptions, flatten_config(cfg, "rm", path=path), {}, path=path)
-    gen = merge_options(DecodeOptions, cfg["generate"], {}, path=path)
+    sft = load_options("sft", path, {"max_steps": 5})
+    rm = load_options("rm", path)
+    gen = load_options("generate", path)
+    ppo = load_options("ppo", path)  # one schema: every stage reads every config
+    assert ppo.model == sft.model and ppo.lora_targets == targets
     assert sft.load_in_4bit and rm.load_in_4bit and sft.max_steps == 5  # QLoRA; flags win over the file
     assert sft.lora_targets == rm.lora_targets == targets
     # the original set-up

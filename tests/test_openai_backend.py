@@ -1,4 +1,4 @@
-"""The `openai` generator against a real local OpenAI-compatible HTTP server (dnfbot.serve.fake_openai)."""
+"""The `openai` generator against a real local OpenAI-compatible HTTP server (dnfbot.bench.fake_openai)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 pytest.importorskip("openai")  # the serve (or synth) extra
 
 from dnfbot import NO_INFO_ANSWER
+from dnfbot.bench.fake_openai import FakeOpenAI
 from dnfbot.config import GenerationSettings
 from dnfbot.errors import DnfbotError, InputError
 from dnfbot.generate import GenerationRequest, Passage, get_generator
-from dnfbot.serve.fake_openai import FakeOpenAI
 
 SECRET = "sk-test-0123456789abcdef"
 PASSAGE = Passage("2#1", "2", "노블레스 코드 더스크 리뷰", 1, "더스크는 고정 피로도 30을 소모합니다.", 3.0)
@@ -42,7 +42,7 @@ def test_streams_tokens_from_the_server_with_the_rag_prompt():
         pieces = list(gen.stream(_request(history=history, max_new_tokens=77, temperature=0.3)))
         assert len(pieces) > 1  # streamed, not one blob
         assert "".join(pieces) == "노블레스 코드 더스크 리뷰 공략에 따르면 이렇게 하시면 됩니다."
-        body = fake.requests[-1]
+        body = fake.requests[-1].body
         assert body["model"] == "eeve" and body["stream"] is True
         assert body["max_tokens"] == 77 and body["temperature"] == 0.3
         roles = [m["role"] for m in body["messages"]]
@@ -51,7 +51,7 @@ def test_streams_tokens_from_the_server_with_the_rag_prompt():
         assert '<document index="1" title="노블레스 코드 더스크 리뷰">' in body["messages"][-1]["content"]
         # no passages: the context block says so and the (rule-following) server refuses
         assert gen.generate(GenerationRequest("아무거나", [])) == NO_INFO_ANSWER
-        assert fake.auth_headers[-1] == "Bearer not-needed"  # a local server gets no real key
+        assert fake.requests[-1].authorization == "Bearer not-needed"  # a local server gets no real key
 
 
 def test_key_comes_from_env_and_never_leaks(monkeypatch):
@@ -60,7 +60,7 @@ def test_key_comes_from_env_and_never_leaks(monkeypatch):
         monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
         gen = get_generator("openai", settings=GenerationSettings(model="m"))
         assert gen.generate(_request()).startswith("노블레스")
-        assert fake.auth_headers[-1] == f"Bearer {SECRET}"
+        assert fake.requests[-1].authorization == f"Bearer {SECRET}"
         assert SECRET not in repr(gen)
         monkeypatch.setenv("OPENAI_API_KEY", SECRET + "-wrong")
         wrong = get_generator("openai", settings=GenerationSettings(model="m"))
@@ -90,7 +90,7 @@ def test_unreachable_server_is_a_clear_error():
         (GenerationSettings(model="m"), "give --base-url or OPENAI_BASE_URL"),
         (
             GenerationSettings(model="m", base_url="https://llm.example.com/v1"),
-            "is not local; set OPENAI_API_KEY",
+            "OPENAI_API_KEY is not set; it is required for https://llm.example.com/v1",
         ),
         (GenerationSettings(model="m", base_url="ftp://127.0.0.1/v1"), "is not an http(s) URL"),
         (GenerationSettings(base_url="http://localhost:11434/v1"), "needs --model"),

@@ -8,27 +8,23 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from dnfbot.datasets.splits import hold_out  # noqa: E402
 from dnfbot.errors import InputError  # noqa: E402
-from dnfbot.train.ppo import (  # noqa: E402
+from dnfbot.train.options import PPOOptions, load_options  # noqa: E402
+from dnfbot.train.rlhf.models import pool_last_non_pad, position_ids_from_mask  # noqa: E402
+from dnfbot.train.rlhf.ppo import (  # noqa: E402
     KLController,
-    PPOConfig,
-    Rollout,
-    batch_indices,
     compute_gae,
     entropy_from_logits,
-    kl_estimates,
-    load_ppo_config,
-    logprobs_from_logits,
     masked_mean,
     masked_var,
     masked_whiten,
     policy_loss,
     shaped_rewards,
-    split_prompts,
-    truncate_after_eos,
     value_loss,
 )
-from dnfbot.train.ppo_models import pool_last_non_pad, position_ids_from_mask  # noqa: E402
+from dnfbot.train.rlhf.rollout import Rollout, kl_estimates, logprobs_from_logits, truncate_after_eos  # noqa: E402
+from dnfbot.train.rlhf.run import batch_indices  # noqa: E402
 
 T = torch.tensor
 
@@ -154,7 +150,7 @@ def test_truncate_after_eos_and_padding_helpers():
 
 
 def test_shaped_rewards():
-    cfg = PPOConfig(no_eos_penalty=1.0)
+    cfg = PPOOptions(no_eos_penalty=1.0)
     ro = Rollout(
         query_ids=T([[1], [1]]),
         query_mask=T([[1], [1]]),
@@ -175,9 +171,9 @@ def test_shaped_rewards():
 
 def test_prompt_split_and_batches_are_deterministic():
     prompts = [f"q{i}" for i in range(10)]
-    train, held = split_prompts(prompts, 3, seed=0)
+    train, held = hold_out(prompts, 3, seed=0)
     assert len(held) == 3 and not set(train) & set(held) and sorted(train + held) == sorted(prompts)
-    assert split_prompts(prompts, 3, seed=0) == (train, held)
+    assert hold_out(prompts, 3, seed=0) == (train, held)
     seen = (
         batch_indices(1, 7, 4, 0) + batch_indices(2, 7, 4, 0)[:3]
     )  # the first epoch covers every prompt once
@@ -187,11 +183,14 @@ def test_prompt_split_and_batches_are_deterministic():
 
 def test_config_validation(tmp_path):
     with pytest.raises(InputError, match="multiple"):
-        load_ppo_config(batch_size=6, mini_batch_size=4)
+        load_options("ppo", flags={"batch_size": 6, "mini_batch_size": 4})
     f = tmp_path / "ppo.yaml"
     f.write_text("ppo:\n  steps: 3\n  klcoef: 0.1\n", encoding="utf-8")
-    with pytest.raises(InputError, match="klcoef"):
-        load_ppo_config(f)
-    f.write_text("steps: 3\nkl_coef: 0.1\n", encoding="utf-8")
-    cfg = load_ppo_config(f, lr=0.5, steps=None)
+    with pytest.raises(InputError, match=f"{f}: unknown key 'ppo.klcoef'"):
+        load_options("ppo", f)
+    f.write_text("steps: 3\nkl_coef: 0.1\n", encoding="utf-8")  # stage options belong in their section
+    with pytest.raises(InputError, match=f"{f}: unknown key 'steps'.*ppo"):
+        load_options("ppo", f)
+    f.write_text("ppo:\n  steps: 3\n  kl_coef: 0.1\n", encoding="utf-8")
+    cfg = load_options("ppo", f, {"lr": 0.5, "steps": None})
     assert (cfg.steps, cfg.kl_coef, cfg.lr) == (3, 0.1, 0.5)

@@ -1,4 +1,4 @@
-"""PPO end to end on a tiny model with a learnable reward (dnfbot.train.ppo_toy): reward rises, KL stays bounded,
+"""PPO end to end on a tiny model with a learnable reward (support.ppo_toy): reward rises, KL stays bounded,
 the reference is frozen and shares the base weights, an interrupted run resumes, the report is produced.
 
 The toy task: a tiny random-init GPTNeoX "pre-trained" to answer with 2-5 fruit names, an SFT LoRA adapter, and a
@@ -18,23 +18,15 @@ pytest.importorskip("peft")
 
 from typer.testing import CliRunner  # noqa: E402
 
-from dnfbot.cli import _register_areas, app  # noqa: E402
+from dnfbot.cli import app  # noqa: E402
 from dnfbot.errors import InputError  # noqa: E402
-from dnfbot.train.ppo import (  # noqa: E402
-    KLController,
-    PPOConfig,
-    latest_checkpoint,
-    load_prompts,
-    policy_forward,
-    ppo_step,
-    reference_logprobs,
-    rollout,
-    run_ppo,
-)
-from dnfbot.train.ppo_models import build_models, parameter_storage  # noqa: E402
+from dnfbot.train.options import PPOOptions  # noqa: E402
+from dnfbot.train.rlhf.models import build_models, parameter_storage  # noqa: E402
+from dnfbot.train.rlhf.ppo import KLController, latest_checkpoint, ppo_step, run_ppo  # noqa: E402
+from dnfbot.train.rlhf.rollout import policy_forward, reference_logprobs, rollout  # noqa: E402
+from dnfbot.train.rlhf.run import load_prompts  # noqa: E402
 
 pytestmark = pytest.mark.slow
-_register_areas()
 runner = CliRunner()
 
 # small but real: 16 episodes per rollout, 2 minibatches x 4 epochs, responses of at most 12 tokens
@@ -52,7 +44,7 @@ TOY_PPO = dict(
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory, polyglot_tokenizer_dir):
-    from dnfbot.train.ppo_toy import make_toy_task
+    from support.ppo_toy import make_toy_task
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # reproducible sampling; the machine is shared anyway
@@ -159,7 +151,7 @@ def test_reference_is_frozen_sft_model_on_shared_weights(toy):
     assert shared < 1.15 * base_bytes  # one base + three small LoRA adapters + score and value heads
     assert three > 2.5 * base_bytes  # the naive set-up really holds three copies
 
-    cfg = PPOConfig(**{**TOY_PPO, "batch_size": 8, "mini_batch_size": 8, "ppo_epochs": 2})
+    cfg = PPOOptions(**{**TOY_PPO, "batch_size": 8, "mini_batch_size": 8, "ppo_epochs": 2})
     torch.manual_seed(0)
     ro = rollout(models, [ids for ids in _queries(models, 8)], cfg)
     q_len = ro.query_ids.shape[1]
@@ -194,7 +186,7 @@ def test_ppo_step_on_a_4bit_base(toy):
         str(toy.base), sft_adapter=toy.sft_adapter, reward_adapter=toy.reward_adapter, load_in_4bit=True
     )
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in models.lm.modules())
-    cfg = PPOConfig(
+    cfg = PPOOptions(
         **{**TOY_PPO, "batch_size": 4, "mini_batch_size": 4, "micro_batch_size": 2, "ppo_epochs": 2}
     )
     torch.manual_seed(0)
@@ -211,8 +203,8 @@ def test_ppo_step_on_a_4bit_base(toy):
 
 
 def _queries(models, n):
-    from dnfbot.train.ppo import encode_queries
-    from dnfbot.train.ppo_toy import toy_prompts
+    from dnfbot.train.rlhf.run import encode_queries
+    from support.ppo_toy import toy_prompts
 
     return [ids for _, ids in encode_queries(toy_prompts(n, seed=5), models.tokenizer, 64)]
 
@@ -227,7 +219,7 @@ class _Interrupt(Exception):
 
 def test_interrupted_run_resumes_where_it_stopped(toy, tmp_path):
     out = tmp_path / "run"
-    cfg = PPOConfig(
+    cfg = PPOOptions(
         **{
             **TOY_PPO,
             "batch_size": 8,
@@ -237,15 +229,14 @@ def test_interrupted_run_resumes_where_it_stopped(toy, tmp_path):
             "save_every": 2,
             "lr": 3e-3,
             "eval_prompts": 4,
+            "model": str(toy.base),
         }
     )
     kw = dict(
-        model=str(toy.base),
         prompts=toy.prompts,
         out_dir=out,
         sft_adapter=toy.sft_adapter,
         reward_adapter=toy.reward_adapter,
-        cfg=cfg,
         show_progress=False,
     )
 
@@ -254,12 +245,12 @@ def test_interrupted_run_resumes_where_it_stopped(toy, tmp_path):
             raise _Interrupt
 
     with pytest.raises(_Interrupt):
-        run_ppo(**kw, on_step=stop_at_3)
+        run_ppo(cfg, **kw, on_step=stop_at_3)
     assert latest_checkpoint(out).name == "step-000002" and not (out / "summary.json").exists()
     with pytest.raises(InputError, match="already holds checkpoints"):
-        run_ppo(**{**kw, "resume": False})
+        run_ppo(cfg, **kw, resume=False)
 
-    summary = run_ppo(**kw)
+    summary = run_ppo(cfg, **kw)
     assert summary["resumed_from"].endswith("step-000002") and summary["steps"] == 4
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("step") for r in records if "event" in r] == [2]  # one resume event, from step 2
@@ -302,21 +293,21 @@ def test_bad_inputs_are_one_line_errors(tmp_path, toy):
 
 @pytest.mark.parametrize("algo", ["grpo", "rloo"])
 def test_trl_algorithms_share_data_reward_and_report(toy, tmp_path, algo):
-    from dnfbot.train.rlhf_report import build_report
-    from dnfbot.train.trl_rl import run_trl_rl
+    from dnfbot.train.rlhf.report import build_report
+    from dnfbot.train.rlhf.trl import run_trl_rl
 
-    cfg = PPOConfig(
-        **{**TOY_PPO, "batch_size": 8, "eval_prompts": 4, "mini_batch_size": 8, "steps": 2, "lr": 1e-3}
+    cfg = PPOOptions(
+        **{**TOY_PPO, "batch_size": 8, "eval_prompts": 4, "mini_batch_size": 8, "steps": 2, "lr": 1e-3},
+        algo=algo,
+        group_size=4,
+        model=str(toy.base),
     )
     summary = run_trl_rl(
-        algo,
-        model=str(toy.base),
+        cfg,
         prompts=toy.prompts,
         out_dir=tmp_path / algo,
         sft_adapter=toy.sft_adapter,
         reward_adapter=toy.reward_adapter,
-        cfg=cfg,
-        group_size=4,
         show_progress=False,
     )
     assert summary["algo"] == algo and summary["steps"] == 2

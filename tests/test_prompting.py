@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dnfbot import NO_INFO_ANSWER
-from dnfbot.conversation import recent_history, retrieval_query, split_messages
+from dnfbot.conversation import recent_history, split_messages
 from dnfbot.errors import InputError
 from dnfbot.formats import ANSWER_TAG, QUESTION_TAG
 from dnfbot.generate import GenerationRequest, Passage
@@ -98,21 +98,14 @@ def test_custom_templates(tmp_path):
         load_template(tmp_path / "missing")
 
 
-def test_retrieval_query_folds_follow_ups():
+def test_recent_history_keeps_the_last_turns():
     h = [
         {"role": "user", "content": "어둑섬 레기온 입장 조건 알려줘"},
         {"role": "assistant", "content": "명성 40000입니다."},
         {"role": "user", "content": "그럼 보상은?"},
         {"role": "assistant", "content": "상자입니다."},
     ]
-    assert retrieval_query("하드는?", h) == "어둑섬 레기온 입장 조건 알려줘 그럼 보상은? 하드는?"
-    assert (
-        retrieval_query("소울브링어 스킬트리 추천해 주세요 초보입니다", h)
-        == "소울브링어 스킬트리 추천해 주세요 초보입니다"
-    )
-    assert retrieval_query("하드는?", h, enabled=False) == "하드는?"
-    assert retrieval_query("하드는?", []) == "하드는?"
-    assert recent_history(h, 1) == h[-2:] and recent_history(h, 0) == []
+    assert recent_history(h, 1) == h[-2:] and recent_history(h, 0) == [] and recent_history(h, 5) == h
 
 
 def test_split_openai_messages():

@@ -29,7 +29,6 @@ def _cli(args: list[str]):
 
     import dnfbot.cli as cli
 
-    cli._register_areas()
     return CliRunner().invoke(cli.app, args)
 
 

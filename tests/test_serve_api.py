@@ -18,11 +18,13 @@ pytest.importorskip("uvicorn")
 import httpx
 
 from dnfbot import NO_INFO_ANSWER
+from dnfbot.bench.fake_openai import FakeOpenAI
 from dnfbot.config import Settings
 from dnfbot.retrieval.index import build_index
-from dnfbot.serve.api import Limits, ServerThread, create_app
+from dnfbot.serve.app import create_app
 from dnfbot.serve.backends import open_backends
-from dnfbot.serve.fake_openai import FakeOpenAI
+from dnfbot.serve.guard import Limits
+from dnfbot.serve.run import ServerThread
 
 MINI = Path(__file__).parent / "fixtures" / "mini_guide.json"
 KEY = "s3cret-key-123"
@@ -78,7 +80,7 @@ def test_healthz_models_search_ask(url):
         and a["sources"][0]["title"] == "노블레스 코드 더스크 리뷰"
     )
     a = httpx.post(url + "/ask", json={"question": "오늘 서울 날씨 어때?"}).json()
-    assert a == {"answer": NO_INFO_ANSWER, "answered": False, "sources": []}
+    assert a == {"answer": NO_INFO_ANSWER, "answered": False, "sources": [], "sentences": []}
 
 
 def test_ask_filters_and_history(url):
@@ -221,7 +223,7 @@ def test_openai_backend_behind_the_api_and_429_when_saturated(index_dir):
         with ServerThread(create_app(b, limits=Limits(max_concurrent=2, retry_after_s=3))) as url:
             r = httpx.post(url + "/ask", json={"question": "더스크 피로도 얼마나 들어?"}).json()
             assert r["answered"] and r["answer"].startswith("노블레스 코드 더스크 리뷰 공략에 따르면")
-            sent = fake.requests[-1]["messages"]
+            sent = fake.requests[-1].body["messages"]
             assert sent[0]["role"] == "system" and "제가 알고 있는 정보가 없습니다." in sent[0]["content"]
             assert "<context>" in sent[-1]["content"] and "고정 피로도 30" in sent[-1]["content"]
             # The extractive back end stays available by name.
@@ -283,7 +285,7 @@ def test_client_that_hangs_up_mid_stream_frees_its_slot(index_dir):
 @pytest.mark.slow
 def test_burst_of_streams_is_served_or_refused_never_hung(backends):
     """100 simultaneous streaming requests at 16 slots: each ends in [DONE] or a 429 with Retry-After."""
-    from dnfbot.serve.loadgen import run_burst
+    from dnfbot.bench.loadgen import run_burst
 
     with ServerThread(create_app(backends, limits=Limits(max_concurrent=16))) as url:
         result = asyncio.run(
@@ -296,8 +298,8 @@ def test_burst_of_streams_is_served_or_refused_never_hung(backends):
 
 def test_bench_load_generator_and_report(backends, tmp_path):
     """`dnfbot bench serve`'s pieces: the closed-loop /ask client and the benchmarks.md section it writes."""
-    from dnfbot.serve.bench import TARGET_RPS, http_stack, to_markdown
-    from dnfbot.serve.loadgen import run_ask, run_ttft
+    from dnfbot.bench.loadgen import run_ask, run_ttft
+    from dnfbot.bench.serve import TARGET_RPS, http_stack, to_markdown
 
     with ServerThread(create_app(backends)) as url:
         questions = ["더스크 피로도 얼마나 들어?", "오늘 서울 날씨 어때?"]

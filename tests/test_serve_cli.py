@@ -20,10 +20,9 @@ pytest.importorskip("uvicorn")
 
 import httpx
 
-from dnfbot.cli import _register_areas, app
+from dnfbot.cli import app
 
 MINI = Path(__file__).parent / "fixtures" / "mini_guide.json"
-_register_areas()
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,9 @@ def test_hf_backend_streams_through_the_api(tmp_path, polyglot_tokenizer_dir):
     pytest.importorskip("dnfbot.generate.hf")
     torch = pytest.importorskip("torch")
     from dnfbot.models import init_tiny
-    from dnfbot.serve.api import ServerThread, create_app
+    from dnfbot.serve.app import create_app
     from dnfbot.serve.backends import open_backends
+    from dnfbot.serve.run import ServerThread
 
     torch.set_num_threads(1)
     model_dir = init_tiny("gpt-neox", polyglot_tokenizer_dir, tmp_path / "tiny")

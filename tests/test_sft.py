@@ -12,9 +12,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
 from dnfbot.errors import InputError  # noqa: E402
+from dnfbot.formats import model_prompt  # noqa: E402
 from dnfbot.io import read_jsonl, write_jsonl  # noqa: E402
 from dnfbot.models import init_tiny, load_model  # noqa: E402
-from dnfbot.train.common import load_records, model_prompt  # noqa: E402
+from dnfbot.train.common import load_records  # noqa: E402
 from dnfbot.train.sft import SFTOptions, build_dataset, make_trainer, merge_adapter, run_sft  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -39,7 +40,6 @@ def _cli(args: list[str]):
 
     import dnfbot.cli as cli
 
-    cli._register_areas()
     return CliRunner().invoke(cli.app, args)
 
 

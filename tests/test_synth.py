@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from dnfbot.bench.fake_openai import LONG, MEDIUM, SHORT, good_reply
 from dnfbot.errors import InputError
+from dnfbot.generate.endpoints import is_local, resolve_api_key
 from dnfbot.synth import extractive
-from dnfbot.synth.client import is_local, parse_retry_after, resolve_api_key
+from dnfbot.synth.client import parse_retry_after
 from dnfbot.synth.cost import PriceTable, estimate_tokens, load_prices
-from dnfbot.synth.fake_server import LONG, MEDIUM, SHORT, good_reply
 from dnfbot.synth.job import rejects_path
 from dnfbot.synth.parse import InvalidReply, parse_reply, split_reply
 from dnfbot.synth.prompt import load_template, parse_template

@@ -1,4 +1,4 @@
-"""`dnfbot synth qa` against a real local OpenAI-compatible HTTP server (dnfbot.synth.fake_server), driven
+"""`dnfbot synth qa` against a real local OpenAI-compatible HTTP server (dnfbot.bench.fake_openai), driven
 through the official openai client: replies, rejects, retries, Retry-After, timeouts, token summary, resume
 after a kill, the API-key rule, --dry-run, --limit and the extractive back end through the CLI."""
 
@@ -17,14 +17,13 @@ from typer.testing import CliRunner
 
 pytest.importorskip("openai")  # the synth extra
 
-from dnfbot.cli import _register_areas, app
+from dnfbot.bench.fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, FakeOpenAI
+from dnfbot.cli import app
 from dnfbot.errors import InputError
 from dnfbot.io import read_jsonl
 from dnfbot.synth.client import RetryPolicy
-from dnfbot.synth.fake_server import COMPLETION_TOKENS, PROMPT_TOKENS, FakeChatServer
 from dnfbot.synth.job import SynthOptions, dry_run, run_synth
 
-_register_areas()
 runner = CliRunner()
 
 SENTENCES = [
@@ -50,7 +49,7 @@ def write_corpus(path: Path, marks: list[str]) -> Path:
 
 @pytest.fixture
 def server():
-    with FakeChatServer(retry_after=0.6, slow=3.0) as s:
+    with FakeOpenAI(retry_after=0.6, slow=3.0) as s:
         yield s
 
 
@@ -122,7 +121,7 @@ def test_scripted_server_records_rejects_retries_tokens(tmp_path, server):
     assert s["cost_usd"] is None and s["unpriced_models"] == ["fake-model"]
 
     # Retry-After honoured: the retry of the 429 came no sooner than 0.6 s after it
-    t429 = [t for t, m, st in server.requests if m == "429-once"]
+    t429 = [r.time for r in server.requests if r.mark == "429-once"]
     assert len(t429) == 2 and t429[1] - t429[0] >= 0.55
 
     # resume: nothing left to do, nothing duplicated; content rejects are not retried
@@ -224,7 +223,7 @@ def test_cli_key_from_env_never_printed_and_required_for_remote(tmp_path, server
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["records"] == 2 and summary["requests"] == 2
-    assert server.auth_headers == {f"Bearer {secret}"} and secret not in r.output
+    assert {r.authorization for r in server.requests} == {f"Bearer {secret}"} and secret not in r.output
     assert secret not in (tmp_path / "qa.jsonl").read_text(encoding="utf-8")
 
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
@@ -261,7 +260,7 @@ def test_kill_mid_run_and_resume_loses_and_duplicates_nothing(tmp_path):
     corpus = write_corpus(tmp_path / "c.jsonl", ["ok"] * n)
     out = tmp_path / "qa.jsonl"
     srv = subprocess.Popen(
-        [sys.executable, "-m", "dnfbot.synth.fake_server", "--latency-ms", "100"],
+        [sys.executable, "-m", "dnfbot.bench.fake_openai", "--latency-ms", "100"],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -101,7 +101,9 @@ def test_page_answers_with_filters_sources_and_no_info_state(index_dir, monkeypa
     assert "검색 범위: 공략 › 레기온 › 어둑섬" in [c.value for c in at.sidebar.caption]
     at.chat_input[0].set_value("입장 조건은?").run()
     assert not at.exception
-    assert _assistant_texts(at) == ["입장 조건은 명성 40000입니다."]
+    assert _assistant_texts(at) == [
+        "입장 조건은 명성 40000입니다. \\[1\\]"
+    ]  # the sentence with its source marker
     assert [e.label for e in at.expander] == ["출처 1건"]
     assert "어둑섬 레기온 기초" in at.expander[0].markdown[0].value
     # Out-of-corpus question: the distinct "no information" state, no sources.
@@ -112,7 +114,7 @@ def test_page_answers_with_filters_sources_and_no_info_state(index_dir, monkeypa
 
 
 def test_page_offers_the_configured_backend_beside_extractive(index_dir, monkeypatch):
-    from dnfbot.serve.fake_openai import FakeOpenAI
+    from dnfbot.bench.fake_openai import FakeOpenAI
 
     with FakeOpenAI() as fake:
         at = _app(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dnfbot import NO_INFO_ANSWER
-from dnfbot.cli_util import out
+from dnfbot.console import out
+from dnfbot.corpus.vocabulary import CATEGORY1, CATEGORY2
 from dnfbot.errors import InputError
 from dnfbot.rag import is_refusal
 from dnfbot.retrieval.sparse import Filters
@@ -15,9 +16,6 @@ HELP = """명령어 (commands):
   /sources                     sources of the last answer
   /history                     this conversation so far
   /help, /quit"""
-
-CATEGORY1 = ("공략", "장비", "직업")
-CATEGORY2 = ("레이드", "레기온", "기타 던전")
 
 
 def parse_filter(args: str) -> Filters:

@@ -2,6 +2,9 @@
 
 Precedence (highest first): command-line flags, environment (DNFBOT_HOME, DNFBOT_CORPUS, DNFBOT_CONFIG),
 a YAML file ($DNFBOT_CONFIG or $DNFBOT_HOME/config.yaml), the defaults below.
+
+Also here: the chunk contract (`ChunkSettings`: the index, `synth qa` and `data` must cut the corpus alike, or
+their chunk ids would not match) and the one YAML reader (`read_yaml`), which training run configs use too.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import os
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dnfbot.errors import InputError
 
@@ -26,8 +29,17 @@ class _Section(BaseModel):
 
 
 class ChunkSettings(_Section):
+    """How documents are cut into passages. Chunk ids ("{doc_id}#{part}") depend on these two numbers, so every
+    stage that refers to chunks (index, synth qa, data sft/pairs) reads them from here."""
+
     size: int = Field(3000, ge=100, description="max characters per chunk")
     overlap: int = Field(250, ge=0, description="characters shared by neighbouring chunks")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkSettings:
+        if self.overlap >= self.size:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than size ({self.size})")
+        return self
 
 
 class RetrievalSettings(_Section):
@@ -47,10 +59,20 @@ class RetrievalSettings(_Section):
 
 class AnswerSettings(_Section):
     max_sentences: int = Field(3, ge=1, le=10)
-    top_chunks: int = Field(3, ge=1, le=20)
-    # Share of the question's IDF mass that the evidence must cover; calibrated on eval/dev.jsonl
-    # (`dnfbot eval retrieval --calibrate`). Below it the bot says it has no information.
-    min_coverage: float = Field(0.5, ge=0.0, le=1.0)
+    top_chunks: int = Field(3, ge=1, le=20, description="articles whose chunks the answer is drawn from")
+    chunks_per_article: int = Field(8, ge=1, le=50, description="chunks of one article read, nearest first")
+    # Share of the question's weight that one window of sentences must cover; calibrated on the tune half of
+    # eval/ (`dnfbot eval answers --calibrate`). Below it the bot says it has no information.
+    min_coverage: float = Field(0.57, ge=0.0, le=1.0)
+    window: int = Field(5, ge=1, le=20, description="sentences the question's terms must occur within")
+    bigram_share: float = Field(0.3, ge=0.0, le=1.0, description="weight of character bigrams in coverage")
+    unknown_weight: float = Field(4.0, ge=0.0, description="weight of a question term the guides never use")
+    unit_penalty: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="coverage lost when the question asks for a number/unit the window lacks",
+    )
     max_query_chars: int = Field(2000, ge=10)
 
 
@@ -115,6 +137,18 @@ class Settings(_Section):
     def index_dir(self) -> Path:
         return self.home / "index"
 
+    def resolve_index_dir(self, index_dir: str | os.PathLike | None) -> Path:
+        """`--index-dir` when given, else $DNFBOT_HOME/index (or the user data dir)."""
+        return Path(index_dir) if index_dir else self.index_dir
+
+    def corpus_paths(self, given: list | None = None) -> list[str]:
+        """The corpus to read: the `--corpus` paths when given, else the configured ones; each must exist."""
+        paths = [str(p) for p in given] if given else list(self.corpus)
+        missing = [p for p in paths if not Path(p).exists()]
+        if missing:
+            raise InputError(f"{missing[0]}: corpus not found. {CORPUS_HELP}")
+        return paths
+
 
 def default_home() -> Path:
     env = os.environ.get("DNFBOT_HOME")
@@ -144,14 +178,26 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
     if not file.exists():
         raise InputError(f"{file}: config file not found")
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise InputError(f"{file}: malformed YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{file}: expected a mapping at the top level")
-    try:
-        return Settings(**data)
+        return Settings(**read_yaml(file))
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise InputError(f"{file}: field '{where}': {err['msg']}") from None
+        raise InputError(f"{file}: {validation_message(e)}") from None
+
+
+def validation_message(e: ValidationError) -> str:
+    """pydantic's first error as one line: "field 'chunk.size': Input should be greater than …"."""
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"field '{where}': {err['msg']}" if where else err["msg"]
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """A YAML (or JSON) file whose top level is a mapping; one-line errors naming the file."""
+    from dnfbot.io import read_text
+
+    try:
+        data = yaml.safe_load(read_text(path)) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: malformed YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping at the top level")
+    return data

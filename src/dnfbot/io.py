@@ -65,7 +65,11 @@ def iter_jsonl(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> Ite
     """Yield one dict per non-empty line. A malformed line is an InputError naming file and line.
 
     allow_torn_tail: skip a malformed *last* line (what a killed appender leaves behind)."""
-    path = Path(path)
+    for _, obj in _numbered_jsonl(Path(path), allow_torn_tail):
+        yield obj
+
+
+def _numbered_jsonl(path: Path, allow_torn_tail: bool) -> Iterator[tuple[int, dict]]:
     lines = read_text(path).split("\n")
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     for i, line in enumerate(lines):
@@ -79,19 +83,37 @@ def iter_jsonl(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> Ite
             raise InputError(f"{path}:{i + 1}: malformed JSON line: {e.msg}") from None
         if not isinstance(obj, dict):
             raise InputError(f"{path}:{i + 1}: expected a JSON object, got {type(obj).__name__}")
-        yield obj
+        yield i + 1, obj
 
 
 def read_jsonl(path: str | os.PathLike, **kw: Any) -> list[dict]:
     return list(iter_jsonl(path, **kw))
 
 
-def require_fields(record: dict, fields: Iterable[str], where: str) -> None:
-    """Raise InputError naming the first missing/empty field of a record."""
-    for name in fields:
-        value = record.get(name)
-        if value is None or (isinstance(value, str) and not value.strip()):
-            raise InputError(f"{where}: missing field '{name}'")
+def iter_records(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> Iterator[tuple[str, dict]]:
+    """(where, record) for every record of a dataset file: JSONL, or a JSON array (.json, the KoChatGPT files).
+
+    `where` names the record in messages: 'file:LINE' for JSONL, 'file: item N' for a JSON array."""
+    path = Path(path)
+    if path.suffix.lower() != ".json":
+        for i, rec in _numbered_jsonl(path, allow_torn_tail):
+            yield f"{path}:{i}", rec
+        return
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise InputError(f"{path}: expected a JSON array of objects (or a .jsonl file)")
+    for i, rec in enumerate(data):
+        if not isinstance(rec, dict):
+            raise InputError(f"{path}: item {i}: expected a JSON object, got {type(rec).__name__}")
+        yield f"{path}: item {i}", rec
+
+
+def require_text(record: dict, name: str, where: str) -> str:
+    """The record's non-empty string field `name`, stripped; else InputError naming the record and the field."""
+    value = record.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{where}: missing or empty field '{name}'")
+    return value.strip()
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:

@@ -4,9 +4,9 @@
   SOLAR) with the real polyglot-ko tokenizer, so tests and demos exercise the same code paths as the 1.3B-12.8B
   models without downloading weights.
 - `load_model` is the one loader used by SFT, RM, PPO, generation and merging: local path or hub id, optional
-  4-bit (nf4 + double quantisation + bf16 compute, the original QLoRA set-up), optional LoRA adapter, causal LM or
+  4-bit (nf4 + double quantisation + bf16 compute: QLoRA's recipe), optional LoRA adapter, causal LM or
   1-label sequence classifier (reward model). Safetensors only; `trust_remote_code` off unless asked.
-- `default_lora_config` holds the original hyper-parameters (r=8, alpha=32, dropout 0.05) with target modules
+- `default_lora_config` holds the default hyper-parameters (r=8, alpha=32, dropout 0.05) with target modules
   chosen by architecture.
 
 LoRA layout note (PPO relies on it): `XForCausalLM` and `XForSequenceClassification` share the backbone module
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -194,7 +193,8 @@ def load_model(
 
 
 def lora_target_modules(config: PretrainedConfig) -> list[str]:
-    """The attention projections LoRA adapts, by architecture (as the original project chose them)."""
+    """The attention projections LoRA adapts, by architecture: attention only keeps the adapter small (QLoRA on one
+    GPU) and is where the question/passage wording is matched."""
     mt = getattr(config, "model_type", None)
     if mt == "gpt_neox":
         return ["query_key_value"]
@@ -215,8 +215,8 @@ def default_lora_config(
     target_modules: list[str] | str | None = None,
     modules_to_save: list[str] | None = None,
 ) -> peft.LoraConfig:
-    """The original LoRA set-up (r=8, alpha=32, dropout 0.05). For the reward model the `score` head is fully
-    trained and saved with the adapter (modules_to_save). target_modules may be "all-linear" (PEFT's shortcut);
+    """LoRA r=8, alpha=32 (scale 4), dropout 0.05: a small adapter, so that QLoRA on a large base stays within one
+    GPU. For the reward model the `score` head is fully trained and saved with the adapter (modules_to_save). target_modules may be "all-linear" (PEFT's shortcut);
     modules_to_save adds fully trained modules (e.g. the LM head `lm_head` of a random-init tiny model)."""
     from peft import LoraConfig, TaskType
 
@@ -334,13 +334,3 @@ def _attach_adapter(model: PreTrainedModel, adapter: str | os.PathLike, *, train
     if not (a / "adapter_config.json").exists():
         raise InputError(f"{adapter}: not a LoRA adapter directory (no adapter_config.json)")
     return PeftModel.from_pretrained(model, str(a), is_trainable=trainable)
-
-
-def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Copy a tokenizer's files next to a model (used when merging an adapter into its base)."""
-    dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        f = Path(src) / name
-        if f.exists():
-            shutil.copy2(f, dst / name)

@@ -1,22 +1,39 @@
-"""Retrieval-augmented answering: retrieve, check the evidence, generate — or say honestly there is none.
+"""Retrieval-augmented answering: retrieve, check the evidence, answer with sentence-level citations — or say
+honestly that there is none.
 
-The evidence gate is retrieval-side and generator-independent: the share of the question's term weight (BM25
-idf, unknown words weigh most) found in the best passage must reach `answer.min_coverage`, calibrated on the dev
-set. Below it the answer is exactly NO_INFO_ANSWER with answered=false, whatever the back end.
+1. The question (folded with the earlier topic when it is a follow-up: conversation.py) is read into concepts
+   and retrieved (sparse, dense or hybrid: the same .search signature).
+2. Every chunk of the top `answer.top_chunks` articles is analysed into sentences (retrieval/passages.py, cached).
+3. The evidence gate (retrieval/evidence.py) looks for one window of sentences that covers the question; below
+   `answer.min_coverage` the answer is exactly NO_INFO_ANSWER with answered=false, whatever the back end.
+   Greetings and small talk get a short self-introduction, also answered=false.
+4. The back end answers. The extractive one picks the guides' own sentences; each answer sentence carries the
+   article it came from (`[n]` in the text, `sentences: [{text, source}]`), and `sources` lists only the
+   articles that contributed. An LLM's sentences are attributed to the passage sentence they restate.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from dnfbot import NO_INFO_ANSWER
 from dnfbot.config import Settings
-from dnfbot.corpus.categories import canonical_query
+from dnfbot.corpus.chunking import Chunk
+from dnfbot.corpus.sentences import split_sentences
 from dnfbot.errors import InputError
 from dnfbot.generate import GenerationRequest, Generator, Passage
+from dnfbot.retrieval import evidence as gate
+from dnfbot.retrieval.passages import PassageAnalysis, PassageCache
 from dnfbot.retrieval.sparse import Filters, Hit, SparseIndex
 from dnfbot.retrieval.tokenizer import char_bigrams
+
+SELF_INTRO = (
+    "안녕하세요! 저는 던전앤파이터 공식 가이드를 바탕으로 답하는 dnfbot이에요. "
+    "레이드·레기온·던전 공략, 장비 세팅, 직업 스킬트리 같은 것을 물어봐 주세요."
+)
+ATTRIBUTION_MIN = 0.5  # share of an LLM sentence's bigrams that one source sentence must hold
 
 
 @dataclass
@@ -27,9 +44,39 @@ class Answer:
     sources: list[dict] = field(default_factory=list)
     coverage: float = 0.0
     generator: str = "extractive"
+    sentences: list[dict] = field(
+        default_factory=list
+    )  # [{"text", "source": n}] — n indexes sources (1-based)
+    kind: str = "answer"  # answer | no_info | chitchat
+    query: str = ""  # what was retrieved (the question folded with the conversation's topic)
 
     def to_dict(self) -> dict:
-        return {"answer": self.answer, "answered": self.answered, "sources": self.sources}
+        return {
+            "answer": self.answer,
+            "answered": self.answered,
+            "sources": self.sources,
+            "sentences": self.sentences,
+        }
+
+
+@dataclass
+class Prepared:
+    """Everything decided before the back end writes: hits, the gate's verdict and the generation request."""
+
+    hits: list[Hit]
+    query: gate.Query
+    evidence: gate.Evidence
+    answered: bool
+    request: GenerationRequest
+    hit_sources: list[dict]  # per passage: the article's source entry
+
+    @property
+    def coverage(self) -> float:
+        return self.evidence.coverage
+
+    @property
+    def kind(self) -> str:
+        return "chitchat" if self.query.chitchat else ("answer" if self.answered else "no_info")
 
 
 def is_refusal(text: str) -> bool:
@@ -47,89 +94,277 @@ def normalise_query(question: str, max_chars: int) -> str:
 
 class RAG:
     def __init__(
-        self, index: SparseIndex, settings: Settings, generator: Generator | None = None, retriever=None
+        self,
+        index: SparseIndex,
+        settings: Settings,
+        generator: Generator | None = None,
+        retriever=None,
+        passages: PassageCache | None = None,
     ):
         from dnfbot.generate.extractive import ExtractiveGenerator
 
         self.index = index
         self.settings = settings
         self.retriever = retriever or index  # dense/hybrid retrievers plug in here (same .search signature)
-        self.generator = generator or ExtractiveGenerator(settings.answer.max_sentences, index.tokenizer)
+        self.generator = generator or ExtractiveGenerator(settings.answer.max_sentences)
+        # One analysis cache per index, shared by the gate and the answerer (and by RAGs over the same index).
+        self.passages = passages or PassageCache(self._spans_of)
+        self.reader = gate.QueryReader(
+            index.tokenizer,
+            index.idf,
+            index.vocabulary,
+            index.bigram.idf,
+            unknown_weight=settings.answer.unknown_weight,
+        )
 
+    def _spans_of(self, chunk: Chunk):
+        stored = self.index.chunk_spans(self.index.position[chunk.chunk_id])
+        return stored if stored is not None else self.index.tokenizer.tokenize_spans_many([chunk.text])[0]
+
+    # --- retrieval and evidence ------------------------------------------------------------------------
     def search(self, question: str, k: int | None = None, filters: Filters | None = None) -> list[Hit]:
         q = normalise_query(question, self.settings.answer.max_query_chars)
         return self.retriever.search(q, k or self.settings.retrieval.k, filters)
 
+    def candidates(self, hits: list[Hit]) -> tuple[list[Chunk], list[int], list[dict]]:
+        """Every chunk of the hit articles (nearest to the hit first, at most chunks_per_article), with each
+        chunk's article rank and the article's source entry."""
+        chunks, ranks, sources = [], [], []
+        per_article = self.settings.answer.chunks_per_article
+        for rank, h in enumerate(hits):
+            positions = self.index.doc_chunks(h.chunk.doc_id) or [self.index.position[h.chunk.chunk_id]]
+            hit_part = h.chunk.part
+            nearest = sorted(positions, key=lambda i: abs(self.index.chunks[i].part - hit_part))[:per_article]
+            for i in sorted(nearest):
+                chunks.append(self.index.chunks[i])
+                ranks.append(rank)
+                sources.append(h.source())
+        return chunks, ranks, sources
+
+    def read(self, question: str, filters: Filters | None = None, context: str = "", asked_before: str = ""):
+        """(hits, query, analyses, ranks, sources, evidence) for one question; `context` is a follow-up's
+        earlier topic, searched with it and weighed less, from the earlier questions `asked_before`."""
+        a = self.settings.answer
+        q = normalise_query(question, a.max_query_chars)
+        query = self.reader.read(q, context, asked_before)
+        text = f"{context} {q}" if context else q
+        hits = [] if query.chitchat else self.retriever.search(text, a.top_chunks, filters)
+        chunks, ranks, sources = self.candidates(hits)
+        analyses = [self.passages.get(c) for c in chunks]
+        ev = gate.gather(query, analyses, a.window, a.bigram_share, a.unit_penalty)
+        return hits, query, analyses, ranks, sources, ev
+
     def evidence(
         self, question: str, filters: Filters | None = None
     ) -> tuple[list[Hit], dict[str, float], float]:
-        """Top passages, query term weights, and how well the best passage covers the question.
+        """(hits, query term weights, coverage of the best window) for a question on its own."""
+        hits, query, _, _, _, ev = self.read(question, filters)
+        return hits, query.term_weights, ev.coverage
 
-        Coverage of a passage = mean of the idf-weighted share of the question's morphemes and of its character
-        bigrams that the passage contains; the evidence is the best passage's coverage."""
-        q = normalise_query(question, self.settings.answer.max_query_chars)
-        hits = self.retriever.search(q, self.settings.answer.top_chunks, filters)
-        canonical = canonical_query(q)  # "드나" is not in the guides; "드래곤나이트" is
-        tokens = self.index.tokenizer.tokenize(canonical)
-        weights = {t: self.index.idf(t) for t in tokens}
-        if not hits:
-            return hits, weights, 0.0
-        bigrams = {t: self.index.bigram.idf(t) for t in char_bigrams(canonical)}
-        best = 0.0
-        for h in hits:
-            pos = self.index.position[h.chunk.chunk_id]
-            cov = (_coverage(self.index.morph, weights, pos) + _coverage(self.index.bigram, bigrams, pos)) / 2
-            best = max(best, cov)
-        return hits, weights, best
+    def passes(self, ev: gate.Evidence, query: gate.Query) -> bool:
+        if query.chitchat or query.other_game:
+            return False
+        return ev.passage is not None and ev.coverage >= self.settings.answer.min_coverage
 
-    def prepare(self, question: str, filters: Filters | None = None, history: list[dict] | None = None):
-        from dnfbot.conversation import recent_history, retrieval_query
+    # --- answering -------------------------------------------------------------------------------------
+    def prepare(
+        self, question: str, filters: Filters | None = None, history: list[dict] | None = None
+    ) -> Prepared:
+        from dnfbot.conversation import fold_follow_up, recent_history
 
         gen = self.settings.generation
         history = recent_history(history or [], gen.history_turns)
-        query = retrieval_query(question, history, gen.rewrite_query)
-        hits, weights, coverage = self.evidence(query, filters)
-        answered = bool(hits) and coverage >= self.settings.answer.min_coverage
+        q = normalise_query(question, self.settings.answer.max_query_chars)
+        read = self.read(q, filters)
+        if gen.rewrite_query and history:
+            read = fold_follow_up(
+                q,
+                history,
+                read,
+                lambda topic, before: self.read(q, filters, topic, before),
+                self.passes,
+                self.reader.read,
+            )
+        hits, query, analyses, ranks, sources, ev = read
+        answered = bool(hits) and self.passes(ev, query)
         request = GenerationRequest(
-            question=normalise_query(question, self.settings.answer.max_query_chars),
-            passages=[self._passage(h) for h in hits],
+            question=q,
+            passages=[
+                Passage(c.chunk_id, c.doc_id, c.title, c.part, c.text, s["score"])
+                for c, s in zip((an.chunk for an in analyses), sources, strict=True)
+            ],
             history=history,
             max_new_tokens=gen.max_new_tokens,
             temperature=gen.temperature,
-            term_weights=weights,
+            term_weights=query.term_weights,
+            query=query,
+            evidence=ev,
+            analyses=analyses,
+            passage_ranks=ranks,
+            said=_said(history),
         )
-        return hits, coverage, answered, request
+        return Prepared(hits, query, ev, answered, request, sources)
 
     def ask(self, question: str, filters: Filters | None = None, history: list[dict] | None = None) -> Answer:
-        hits, coverage, answered, request = self.prepare(question, filters, history)
-        text = self.generator.generate(request).strip() if answered else ""
-        return self._finish(question, hits, coverage, answered, text)
+        prep = self.prepare(question, filters, history)
+        if not prep.answered:
+            return self._refusal(question, prep)
+        cited = self._compose(prep)
+        if cited is None:  # a model back end: its text, attributed sentence by sentence
+            text = self.generator.generate(prep.request).strip()
+            if is_refusal(text):
+                return self._refusal(question, prep)
+            cited = attribute(text, prep.request.analyses)
+            return self._answer(question, prep, cited, text)
+        if not cited:
+            return self._refusal(question, prep)
+        return self._answer(question, prep, cited)
 
     def ask_stream(
         self, question: str, filters: Filters | None = None, history: list[dict] | None = None
     ) -> tuple[list[dict], Iterator[str]]:
-        """(sources, token stream). The stream yields NO_INFO_ANSWER alone when there is no evidence."""
-        hits, coverage, answered, request = self.prepare(question, filters, history)
-        if not answered:
+        """(sources, text stream). Without evidence the stream yields the refusal (or the self-introduction)
+        alone and sources are empty."""
+        prep = self.prepare(question, filters, history)
+        if not prep.answered:
+            return [], iter([self._refusal(question, prep).answer])
+        cited = self._compose(prep)
+        if cited is None:
+            return _dedupe(prep.hit_sources), self.generator.stream(prep.request)
+        if not cited:
             return [], iter([NO_INFO_ANSWER])
-        return [h.source() for h in hits], self.generator.stream(request)
+        a = self._answer(question, prep, cited)
+        return a.sources, iter([a.answer])
 
-    def _passage(self, h: Hit) -> Passage:
-        c = h.chunk
-        # Reading spans is a file read + JSON decode per passage: only for a back end that uses them.
-        spans = (
-            self.index.chunk_spans(self.index.position[c.chunk_id])
-            if self.generator.wants_spans(c.text)
-            else None
+    def _compose(self, prep: Prepared):
+        compose = getattr(self.generator, "compose", None)
+        return compose(prep.request) if compose else None
+
+    def _refusal(self, question: str, prep: Prepared) -> Answer:
+        text = SELF_INTRO if prep.query.chitchat else NO_INFO_ANSWER
+        return Answer(
+            question, text, False, [], prep.coverage, self.generator.name, [], prep.kind, prep.query.question
         )
-        return Passage(c.chunk_id, c.doc_id, c.title, c.part, c.text, h.score, spans)
 
-    def _finish(self, question: str, hits: list[Hit], coverage: float, answered: bool, text: str) -> Answer:
-        if not answered or is_refusal(text):
-            return Answer(question, NO_INFO_ANSWER, False, [], coverage, self.generator.name)
-        return Answer(question, text, True, [h.source() for h in hits], coverage, self.generator.name)
+    def _answer(self, question: str, prep: Prepared, cited: list, text: str | None = None) -> Answer:
+        """Number the contributing articles in order of first use; mark each sentence with its article."""
+        numbers: dict[str, int] = {}
+        sources: list[dict] = []
+        sentences = []
+        for c in cited:
+            if c.passage is None:
+                sentences.append({"text": c.text, "source": None})
+                continue
+            src = prep.hit_sources[c.passage]
+            doc = src["doc_id"]
+            if doc not in numbers:
+                numbers[doc] = len(numbers) + 1
+                chunk = prep.request.analyses[c.passage].chunk
+                sources.append(dict(src, part=chunk.part, n=numbers[doc]))
+            sentences.append({"text": c.text, "source": numbers[doc]})
+        if text is None:
+            text = " ".join(f"{s['text']} [{s['source']}]" for s in sentences)
+        if not sources:  # an LLM answer nothing could be traced to: show what it was given
+            sources = [dict(s, n=i) for i, s in enumerate(_dedupe(prep.hit_sources), 1)]
+        return Answer(
+            question,
+            text,
+            True,
+            sources,
+            prep.coverage,
+            self.generator.name,
+            sentences,
+            "answer",
+            prep.query.question,
+        )
 
 
-def _coverage(field, weights: dict[str, float], pos: int) -> float:
-    total = sum(weights.values())
-    return sum(w for t, w in weights.items() if field.contains(t, pos)) / total if total else 0.0
+@dataclass(frozen=True)
+class _Attributed:
+    text: str
+    passage: int | None
+
+
+def attribute(text: str, analyses: list[PassageAnalysis]) -> list[_Attributed]:
+    """Each sentence of a generated answer, with the passage whose sentence it restates (None when no passage
+    sentence holds ATTRIBUTION_MIN of its character bigrams)."""
+    out = []
+    for a, b in split_sentences(text):
+        piece = text[a:b]
+        grams = set(char_bigrams(piece))
+        best, best_p = 0.0, None
+        for p, an in enumerate(analyses):
+            for s in an.sentences:
+                if grams:
+                    share = len(grams & s.bigrams) / len(grams)
+                    if share > best:
+                        best, best_p = share, p
+        out.append(_Attributed(piece, best_p if best >= ATTRIBUTION_MIN else None))
+    return out
+
+
+def _said(history: list[dict]) -> list[str]:
+    """The sentences earlier answers already gave (the answerer never repeats them)."""
+    out = []
+    for turn in history:
+        if turn.get("role") == "assistant":
+            text = str(turn.get("content") or "")
+            out += [text[a:b] for a, b in split_sentences(text)]
+    return out
+
+
+def _dedupe(sources: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for s in sources:
+        if s["doc_id"] not in seen:
+            seen.add(s["doc_id"])
+            out.append(s)
+    return out
+
+
+# --- the app factory: what every front end opens (CLI, HTTP API, web page, benchmarks) -----------------------
+
+
+def open_rag(
+    index_dir: str | os.PathLike | None = None,
+    config: str | os.PathLike | None = None,
+    backend: str | None = None,
+    mode: str | None = None,
+    **gen_overrides: object,
+) -> RAG:
+    """Settings + the live index (rebuilt first if its corpus or settings changed) + retriever + generator.
+
+    gen_overrides: generation settings given on the command line (model, adapter, base_url, …); None = not given."""
+    from dnfbot.config import load_settings
+    from dnfbot.generate import get_generator
+    from dnfbot.retrieval.index import open_index, open_retriever
+
+    settings = load_settings(config)
+    overrides = {k: v for k, v in dict(gen_overrides, backend=backend).items() if v is not None}
+    if overrides:
+        settings.generation = settings.generation.model_copy(update=overrides)
+    idx, build = open_index(settings.resolve_index_dir(index_dir), settings, on_rebuild=_say_rebuilding)
+    generator = None
+    if settings.generation.backend != "extractive":
+        generator = get_generator(settings.generation.backend, settings=settings.generation)
+    retriever = open_retriever(idx, build, settings, mode)
+    return RAG(idx, settings, generator, retriever=retriever)
+
+
+def _say_rebuilding(build: object) -> None:
+    from dnfbot.console import console
+
+    console.print("[yellow]corpus or settings changed since the index was built: rebuilding…")
+
+
+def read_questions(path: str | os.PathLike) -> list[str]:
+    """Questions from a batch file ({"question": …} per line), validated before any work starts."""
+    from dnfbot.io import iter_records, require_text
+
+    questions = []
+    for where, rec in iter_records(path):
+        require_text(rec, "question", where)
+        questions.append(rec["question"])  # as written: batch output echoes it
+    if not questions:
+        raise InputError(f"{path}: no questions")
+    return questions

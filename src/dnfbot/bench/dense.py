@@ -62,7 +62,12 @@ def _open(paths: list[str], settings: Settings, tmp: Path):
 
 
 def bench_quality(
-    paths: list[str], items: list[DevItem], settings: Settings, model: str, k: int = 5, backend: str | None = None
+    paths: list[str],
+    items: list[DevItem],
+    settings: Settings,
+    model: str,
+    k: int = 5,
+    backend: str | None = None,
 ) -> dict:
     from dnfbot.retrieval.fusion import calibrate_fusion
 
@@ -74,7 +79,9 @@ def bench_quality(
         qv = [dense.encode_query(it.question) for it in answerable]
 
         def run(fn) -> dict:
-            docs = [[h.chunk.doc_id for h in fn(it.question, v)] for it, v in zip(answerable, qv, strict=True)]
+            docs = [
+                [h.chunk.doc_id for h in fn(it.question, v)] for it, v in zip(answerable, qv, strict=True)
+            ]
             ranks = gold_ranks(docs, gold, k)
             return {**quality(ranks), "ranks": ranks}
 
@@ -101,7 +108,12 @@ def bench_quality(
 
 
 def bench_latency(
-    paths: list[str], items: list[DevItem], settings: Settings, model: str, k: int = 5, rounds: int = 5,
+    paths: list[str],
+    items: list[DevItem],
+    settings: Settings,
+    model: str,
+    k: int = 5,
+    rounds: int = 5,
     backend: str | None = None,
 ) -> dict:
     s = _with_model(settings, model, backend)
@@ -205,8 +217,14 @@ def probe_encoder(args: dict) -> dict:
 
 
 def bench_backends(
-    paths: list[str], items: list[DevItem], settings: Settings, backends: list[str], model: str = "e5-small",
-    sample: int = 48, threads: int = 1, batch_size: int = 16,
+    paths: list[str],
+    items: list[DevItem],
+    settings: Settings,
+    backends: list[str],
+    model: str = "e5-small",
+    sample: int = 48,
+    threads: int = 1,
+    batch_size: int = 16,
 ) -> dict:
     import os
 
@@ -227,10 +245,13 @@ def bench_backends(
                 "vectors": str(Path(tmp) / f"{b}.npy"),
             }
             env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
-            code = "import json,sys; from dnfbot.bench.dense import probe_encoder; " \
-                   "print(json.dumps(probe_encoder(json.loads(sys.stdin.read()))))"
-            p = subprocess.run([sys.executable, "-c", code], input=json.dumps(args), capture_output=True,
-                               text=True, env=env)
+            code = (
+                "import json,sys; from dnfbot.bench.dense import probe_encoder; "
+                "print(json.dumps(probe_encoder(json.loads(sys.stdin.read()))))"
+            )
+            p = subprocess.run(
+                [sys.executable, "-c", code], input=json.dumps(args), capture_output=True, text=True, env=env
+            )
             if p.returncode != 0:
                 results[b] = {"error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
                 continue
@@ -240,8 +261,12 @@ def bench_backends(
         if len(ok) >= 2:
             a, c = (np.load(Path(tmp) / f"{b}.npy") for b in ok[:2])
             cos = (a * c).sum(1)
-            agreement = {"pair": ok[:2], "queries_min_cos": float(cos[:32].min()),
-                         "passages_min_cos": float(cos[32:].min()), "mean_cos": float(cos.mean())}
+            agreement = {
+                "pair": ok[:2],
+                "queries_min_cos": float(cos[:32].min()),
+                "passages_min_cos": float(cos[32:].min()),
+                "mean_cos": float(cos.mean()),
+            }
     return {"model": model, "backends": results, "agreement": agreement, "sample": sample, "threads": threads}
 
 
@@ -331,7 +356,14 @@ def _q(r: dict) -> str:
 
 
 def to_markdown(
-    lat: dict, q: dict, back: dict | None, k: int, n: int, paths: list[str], queries: Path, threads: int,
+    lat: dict,
+    q: dict,
+    back: dict | None,
+    k: int,
+    n: int,
+    paths: list[str],
+    queries: Path,
+    threads: int,
     command: str,
 ) -> str:
     b = lat["dense_build"]
@@ -367,8 +399,11 @@ def to_markdown(
         f"Stored by `eval retrieval --calibrate` (best on the whole dev set, optimistic): {ch['fusion']} "
         f"{ch['sparse_weight']:.1f}/{ch['dense_weight']:.1f} → {_q(cal['chosen_on_dev']).replace(' | ', ' / ')}.",
         f"Held out vs BM25 alone ({sp['recall']:.3f} / {sp['mrr']:.3f}): "
-        + ("never below it" if ho["recall"] >= sp["recall"] - 1e-9 and ho["mrr"] >= sp["mrr"] - 1e-9
-           else "**below it**")
+        + (
+            "never below it"
+            if ho["recall"] >= sp["recall"] - 1e-9 and ho["mrr"] >= sp["mrr"] - 1e-9
+            else "**below it**"
+        )
         + f"; targets Recall@{k} ≥ {TARGET_RECALL} "
         + ("met" if ho["recall"] >= TARGET_RECALL else "**not met**")
         + f", MRR@{k} ≥ {TARGET_MRR} "

@@ -8,31 +8,51 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from dnfbot.config import Settings
+from dnfbot.eval.metrics import first_hit, latency_ms, mrr, recall
 from dnfbot.eval.retrieval import DevItem, evaluate, load_devset
+from dnfbot.options import option
 
 LATENCY_ROUNDS = 20
+ANSWER_SETS = (Path("eval/players.jsonl"), Path("eval/dev.jsonl"), Path("eval/followups.jsonl"))
 
 
-def _pcts(lat: list[float]) -> dict:
-    a = np.array(lat) * 1000
-    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95))}
+@dataclass
+class RetrievalBench:
+    """Index build time, query latency p50/p95, quality — side by side with the original retrieval."""
+
+    section = "retrieval"
+    corpus: list[Path] | None = option(
+        None, "guide JSON, JSONL or folder; repeatable (default: the configured corpus)"
+    )
+    queries: Path = option(Path("eval/dev.jsonl"), "dev set JSONL (see eval/README.md)")
+    baseline: bool = option(True, "compare with the original LangChain BM25 set-up (needs the [bench] extra)")
+    k: int = option(5, "cut-off for Recall@k and MRR@k")
+    config: Path | None = option(None, "YAML settings file (see `dnfbot config`)")
+
+    def run(self) -> dict:
+        from dnfbot.config import load_settings
+
+        settings = load_settings(self.config)
+        paths = settings.corpus_paths(self.corpus)
+        items = load_devset(self.queries)
+        rows = [bench_dnfbot(paths, items, settings, self.k)]
+        if self.baseline:
+            rows.append(bench_original(paths, items, self.k))
+        return {"results": rows, "markdown": to_markdown(rows, self.k, len(items), paths, self.queries)}
 
 
 def _quality(rankings: list[list[str]], items: list[DevItem], k: int) -> dict:
-    rec, rr = [], []
-    for docs, it in zip(rankings, items, strict=True):
-        rank = next((i for i, d in enumerate(docs[:k], 1) if d in it.gold_doc_ids), None)
-        rec.append(rank is not None)
-        rr.append(1 / rank if rank else 0.0)
-    return {f"recall@{k}": float(np.mean(rec)), f"mrr@{k}": float(np.mean(rr))}
+    ranks = [first_hit(docs, it.gold_doc_ids, k) for docs, it in zip(rankings, items, strict=True)]
+    return {f"recall@{k}": recall(ranks, k), f"mrr@{k}": mrr(ranks, k)}
 
 
-def bench_dnfbot(paths: list[str], items: list[DevItem], settings: Settings, k: int = 5) -> dict:
+def bench_dnfbot(
+    paths: list[str], items: list[DevItem], settings: Settings, k: int = 5, queries_for_answers=ANSWER_SETS
+) -> dict:
     from dnfbot.rag import RAG
     from dnfbot.retrieval.index import build_index, open_index
     from dnfbot.retrieval.tokenizer import KoreanTokenizer, get_tokenizer
@@ -54,17 +74,37 @@ def bench_dnfbot(paths: list[str], items: list[DevItem], settings: Settings, k: 
                 idx.search(it.question, k)  # query tokenization included
                 lat.append(time.perf_counter() - t)
         full = evaluate(rag, items, k=k)
+        answers = bench_answers(rag, queries_for_answers)
     return {
         "name": "dnfbot (Kiwi morphemes + bm25s)",
         "tokenizer_load_s": tok_load,
         "build_s": result.seconds,
         "chunks": result.build.manifest["chunks"],
-        **_pcts(lat),
+        **latency_ms(lat),
         **_quality(rankings, answerable, k),
         "answer_hit": full["answer_hit"],
         "refusal_accuracy": full["refusal_accuracy"],
         "false_refusal": full["false_refusal"],
+        "ask_p50_ms": full["ask_ms_p50"],
+        "answers": answers,
     }
+
+
+def bench_answers(rag, sets=ANSWER_SETS) -> dict:
+    """`dnfbot eval answers` on the test split of each answer set that exists here."""
+    from dnfbot.eval.answers import evaluate_answers, evaluate_followups, load_followups
+
+    out = {}
+    for path in sets:
+        if not path.exists():
+            continue
+        if path.name.startswith("followups"):
+            r = evaluate_followups(rag, load_followups(path), "test")
+        else:
+            r = evaluate_answers(rag, load_devset(path), "test")
+        r.pop("rows", None)
+        out[path.name] = r
+    return out
 
 
 def bench_original(paths: list[str], items: list[DevItem], k: int = 5) -> dict:
@@ -96,31 +136,9 @@ def bench_original(paths: list[str], items: list[DevItem], k: int = 5) -> dict:
         "name": "original (LangChain splitter 3000/500 + BM25Retriever, whitespace)",
         "build_s": build_s,
         "chunks": len(lc_docs),
-        **_pcts(lat),
+        **latency_ms(lat),
         **_quality(rankings, answerable, k),
     }
-
-
-def run_bench(
-    paths: list[str],
-    queries: Path,
-    settings: Settings,
-    *,
-    baseline: bool = True,
-    write: bool = True,
-    k: int = 5,
-) -> dict:
-    items = load_devset(queries)
-    ours = bench_dnfbot(paths, items, settings, k)
-    rows = [ours]
-    if baseline:
-        rows.append(bench_original(paths, items, k))
-    md = to_markdown(rows, k, len(items), paths, queries)
-    if write:
-        from dnfbot.bench.report import update_section
-
-        update_section("retrieval", md)
-    return {"results": rows, "markdown": md}
 
 
 def to_markdown(rows: list[dict], k: int, n: int, paths: list[str], queries: Path) -> str:
@@ -131,8 +149,8 @@ def to_markdown(rows: list[dict], k: int, n: int, paths: list[str], queries: Pat
         "Latency is per query with query tokenization, index in memory; build includes loading, cleaning, "
         "chunking, tokenizing and writing the index.",
         "",
-        f"| set-up | chunks | build (s) | query p50 (ms) | query p95 (ms) | Recall@{k} | MRR@{k} | answer-hit | refusal acc. | false refusals |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| set-up | chunks | build (s) | query p50 (ms) | query p95 (ms) | Recall@{k} | MRR@{k} | answer-hit | refusal acc. | false refusals | ask p50 (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
@@ -141,7 +159,8 @@ def to_markdown(rows: list[dict], k: int, n: int, paths: list[str], queries: Pat
         lines.append(
             f"| {r['name']} | {r['chunks']} | {r['build_s']:.2f} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | "
             f"{r[f'recall@{k}']:.3f} | {r[f'mrr@{k}']:.3f} | {_f(r.get('answer_hit'))} | "
-            f"{_f(r.get('refusal_accuracy'))} | {_f(r.get('false_refusal'))} |"
+            f"{_f(r.get('refusal_accuracy'))} | {_f(r.get('false_refusal'))} | "
+            + (f"{r['ask_p50_ms']:.1f} |" if "ask_p50_ms" in r else "— |")
         )
     ours = rows[0]
     lines.append("")
@@ -151,7 +170,36 @@ def to_markdown(rows: list[dict], k: int, n: int, paths: list[str], queries: Pat
     if len(rows) > 1 and "error" not in rows[1]:
         speed = rows[1]["p50_ms"] / max(ours["p50_ms"], 1e-9)
         lines.append(f"Query latency p50: {speed:.1f}x lower than the original set-up.")
+    lines += ["", *answers_markdown(ours.get("answers") or {})]
     return "\n".join(lines)
+
+
+def answers_markdown(answers: dict) -> list[str]:
+    """What a player reads, on the test split (`dnfbot eval answers --split test`)."""
+    if not answers:
+        return []
+    lines = [
+        "### Answers (test split; `dnfbot eval answers --split test`)",
+        "",
+        "| set | kind | n | answer-hit | false refusals | refusal acc. | glued | junk | repeated | … cuts | median chars | sources used |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in answers.items():
+        for kind, s in [("all", r["overall"]), *sorted(r.get("by_kind", {}).items())]:
+            lines.append(
+                f"| {name} | {kind} | {s['questions']} | {_f(s.get('answer_hit'))} | {_f(s.get('false_refusal'))} | "
+                f"{_f(s.get('refusal_accuracy'))} | {_f(s.get('glued'))} | {_f(s.get('junk'))} | "
+                f"{_f(s.get('repeated'))} | {_f(s.get('cut'))} | {s.get('median_chars', '—')} | {_f(s.get('contributed'))} |"
+            )
+        if "offtopic_refused" in r:
+            lines.append(
+                f"| {name} | off-topic + chit-chat refused | | {_f(r['offtopic_refused'])} |||||||||"
+            )
+        if "repeats_earlier" in r:
+            lines.append(
+                f"| {name} | follow-ups repeating the earlier answer | | {_f(r['repeats_earlier'])} |||||||||"
+            )
+    return lines
 
 
 def _f(x) -> str:

@@ -36,7 +36,6 @@ class Categories:
 class _Table:
     boards: tuple[dict, ...]
     classes: tuple[ClassBoard, ...]
-    query_aliases: dict[str, str]
 
 
 # Overriding a source label needs the class in the title or named 3+ times in the opening text:
@@ -71,53 +70,7 @@ def table() -> _Table:
     classes = tuple(
         _class_terms(c["board"], c.get("aliases") or [], c.get("nicknames") or []) for c in data["classes"]
     )
-    return _Table(
-        boards=tuple(data["boards"]), classes=classes, query_aliases=dict(data.get("query_aliases") or {})
-    )
-
-
-@lru_cache(maxsize=1)
-def _class_terms_longest_first() -> tuple[tuple[str, str], ...]:
-    """(term, board) for every class name, alias and nickname; sorted once, not per query."""
-    pairs = ((t, c.board) for c in table().classes for t in (*c.terms, *c.nicknames))
-    return tuple(sorted(pairs, key=lambda x: len(x[0]), reverse=True))
-
-
-def query_classes(text: str) -> list[str]:
-    """Class boards a question names (full names, aliases or nicknames; longest match first)."""
-    found = []
-    for term, board in _class_terms_longest_first():
-        if term in text:
-            text = text.replace(term, " ")
-            if board not in found:
-                found.append(board)
-    return found
-
-
-@lru_cache(maxsize=1)
-def _aliases_longest_first() -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(table().query_aliases.items(), key=lambda x: -len(x[0])))
-
-
-def canonical_query(text: str) -> str:
-    """The question in the guides' own words: short forms and class nicknames replaced by full names."""
-    for short, full in _aliases_longest_first():
-        text = text.replace(short, full)
-    for c in table().classes:
-        for nick in c.nicknames:
-            if nick in text and c.base not in text:
-                text = text.replace(nick, c.base)
-    return text
-
-
-def expand_query(text: str) -> str:
-    """Append the guide wording for short forms in a question ("무장" → "무의 장막")."""
-    extra = [full for short, full in table().query_aliases.items() if short in text and full not in text]
-    return f"{text} {' '.join(extra)}" if extra else text
-
-
-def class_boards() -> list[str]:
-    return [c.board for c in table().classes]
+    return _Table(boards=tuple(data["boards"]), classes=classes)
 
 
 def _normalise_label(label: str) -> str:

@@ -12,8 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dnfbot.corpus.categories import categorize
-from dnfbot.corpus.clean import _LIKE_COUNT_RE, HTML_LEFTOVER_RE, INVISIBLE, clean_text, clean_title
+from dnfbot.corpus.clean import (
+    _LIKE_COUNT_RE,
+    HTML_LEFTOVER_RE,
+    INVISIBLE,
+    bullet_ats,
+    clean_text,
+    clean_title,
+    glued_endings,
+)
 from dnfbot.corpus.loaders import GUIDE_FIELDS, MIN_CHARS
+from dnfbot.corpus.sentences import junk_counts
 from dnfbot.errors import InputError
 from dnfbot.io import iter_jsonl, read_json
 
@@ -112,6 +121,16 @@ def check(path: str | Path) -> dict:
         if found:
             html[a.doc_id] = found[:3]
     like = [a.doc_id for a in arts if _LIKE_COUNT_RE.search(a.raw.replace("\u200b", ""))]
+    glued = bullets = 0
+    junk: dict[str, int] = {}
+    for a in arts:
+        if a.doc_id in empty:
+            continue
+        unsplit = clean_text(a.raw, like_count=path.suffix == ".json", restore_breaks=False)
+        glued += glued_endings(unsplit)
+        bullets += bullet_ats(unsplit)
+        for kind, n in junk_counts(cleaned[a.doc_id]).items():
+            junk[kind] = junk.get(kind, 0) + n
     mismatches = []
     for a in arts:
         if a.doc_id in empty:
@@ -136,6 +155,15 @@ def check(path: str | Path) -> dict:
         "invisible_characters": {"kinds": invisible, "action": "removed by cleaning"},
         "html_leftovers": {"articles": len(html), "examples": html, "action": "removed by cleaning"},
         "trailing_like_count": {"articles": len(like), "action": "removed by cleaning (guide JSON)"},
+        "glued_sentences": {
+            "count": glued,
+            "bullets": bullets,
+            "action": "line break put back between a sentence ending and the next word, and for '@' bullets",
+        },
+        "page_furniture": {
+            "sentences": junk,
+            "action": "never used in answers (tables of contents, Ctrl+F hints, changelogs, link dumps)",
+        },
         "label_mismatch": {
             "count": len(mismatches),
             "first_shifted_id": mismatches[0]["id"] if mismatches else None,

@@ -7,16 +7,16 @@ Every builder does the same three things, deterministically (same inputs → byt
    >= `dedup_threshold` (0.9 by default; candidates found through an inverted index over each question's
    rarest trigrams, so it stays fast on tens of thousands of questions) unless their numbers differ
    ("3단계" vs "4단계" are different questions). The first occurrence is kept.
-2. assigns a stable split: 'valid' when sha256(key) falls in the first `valid_fraction` of the hash space,
-   else 'train', with key = the article (doc_id, so no held-out article is seen in training) or the question.
-   A record's split never depends on the other records, so adding data never moves old records.
+2. assigns a stable split (datasets/splits.py): 'valid' when sha256(key) falls in the first `valid_fraction`
+   of the hash space, else 'train', with key = the article (doc_id, so no held-out article is seen in training)
+   or the question. A record's split never depends on the other records, so adding data never moves old ones.
 3. writes one JSONL file with a "split" field on every record (`dnfbot train sft` sends split=valid to
    evaluation), plus `<out>.train.jsonl` / `<out>.valid.jsonl` on request.
 
 Formats (see docs/synth.md):
 - SFT: {"prompt": "### 질문: {q}\\n\\n### 답변: ", "completion": answer, "text": prompt + answer + eos, …};
   answers chosen with `kinds` (long/medium/short, one record each), optionally passage records
-  ("'{subject}'에 대한 설명 혹은 이야기입니다." → the passage) as the original project mixed in.
+  ("'{subject}'에 대한 설명 혹은 이야기입니다." → the passage), which teach the model the guides' own wording.
 - RM: ranking records {"prompt", "completion_0", "completion_1", "completion_2", "ranking"} (KoChatGPT's reward
   format; ranking[i] is completion_i's rank, 0 = best) and pairwise {"prompt", "chosen", "rejected"}: the three
   pairs (best, middle), (best, worst), (middle, worst) of every ranking record. "prompt" is the bare question.
@@ -28,48 +28,85 @@ from __future__ import annotations
 
 import hashlib
 import re
-import unicodedata
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from dnfbot.datasets.splits import assign_split, check_split_options, normalize_question, split_key
 from dnfbot.errors import InputError
 from dnfbot.formats import EOS, format_prompt, format_sft_text
-from dnfbot.io import iter_jsonl, read_json, write_jsonl
+from dnfbot.io import iter_records, require_text, write_jsonl
+from dnfbot.options import build, option
+
+if TYPE_CHECKING:
+    from dnfbot.config import ChunkSettings
 
 KINDS = ("long", "medium", "short")
 PASSAGE_PROMPT = "'{subject}'에 대한 설명 혹은 이야기입니다."
 DEFAULT_RANKING = "long>medium>short"
-_NORM_DROP = re.compile(r"[\s\W_]+", re.U)
 _DIGITS = re.compile(r"\d+")
+
+
+# --- options -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataOptions:
+    """What every builder shares: dedup, split and the mix of imported records."""
+
+    valid_fraction: float = option(0.05, "share of records in the 'valid' split (stable hash)")
+    split_by: str = option("doc", "doc (held-out articles) | question")
+    dedup_threshold: float = option(
+        0.9, "trigram Jaccard above which questions are duplicates (>1: exact only)"
+    )
+    import_ratio: float | None = option(
+        None, "imported records per own record (stable sample); default: all of them"
+    )
+
+    def validate(self) -> None:
+        check_split_options(self.valid_fraction, self.split_by)
+        if self.import_ratio is not None and self.import_ratio < 0:
+            raise InputError(f"--import-ratio {self.import_ratio}: must be >= 0")
+
+
+@dataclass
+class SplitFilesOption:
+    split_files: bool = option(False, "also write <out>.train.jsonl and <out>.valid.jsonl")
+
+
+@dataclass
+class SFTDataOptions(SplitFilesOption, DataOptions):
+    kinds: str = option("long", "answers that become completions: long,medium,short", flag="--answers")
+    passages: bool = option(False, "also '{subject}에 대한 설명…' → passage records")
+
+
+@dataclass
+class RMDataOptions(SplitFilesOption, DataOptions):
+    ranking: str = option(DEFAULT_RANKING, "best first, e.g. long>medium>short")
+    ranking_out: Path | None = option(None, "ranking-format JSONL (default: <out stem>.ranking.jsonl)")
+
+
+@dataclass
+class PPODataOptions(DataOptions):
+    questions: str = option("valid", "which QA questions: valid (held out of SFT/RM) | train | all")
+    limit: int | None = option(None, "at most N prompts (keeps the mix)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.questions not in ("valid", "train", "all"):
+            raise InputError(f"--questions {self.questions}: choose valid, train or all")
+        if self.limit is not None and self.limit < 1:
+            raise InputError(f"--limit {self.limit}: must be at least 1")
 
 
 # --- reading -----------------------------------------------------------------------------------------------------
 
 
 def _records(path: str | Path) -> list[tuple[str, dict]]:
-    """(where, record) from a JSONL file or a JSON array (KoChatGPT files are JSON arrays)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if path.suffix == ".json":
-        data = read_json(path)
-        if not isinstance(data, list):
-            raise InputError(f"{path}: expected a JSON array of objects (or a .jsonl file)")
-        out = []
-        for i, r in enumerate(data):
-            if not isinstance(r, dict):
-                raise InputError(f"{path}: item {i}: expected a JSON object, got {type(r).__name__}")
-            out.append((f"{path}: item {i}", r))
-        return out
-    # allow_torn_tail: a qa.jsonl that a running (or killed) `synth qa` is still appending to
-    return [(f"{path}:{i}", r) for i, r in enumerate(iter_jsonl(path, allow_torn_tail=True), start=1)]
-
-
-def _text(r: dict, name: str, where: str) -> str:
-    v = r.get(name)
-    if not isinstance(v, str) or not v.strip():
-        raise InputError(f"{where}: missing or empty field '{name}'")
-    return v.strip()
+    """(where, record) from a JSONL file or a JSON array (KoChatGPT files are JSON arrays); allow_torn_tail: a
+    qa.jsonl that a running (or killed) `synth qa` is still appending to."""
+    return list(iter_records(path, allow_torn_tail=True))
 
 
 def load_qa(paths: list[str | Path]) -> list[dict]:
@@ -77,7 +114,7 @@ def load_qa(paths: list[str | Path]) -> list[dict]:
     out = []
     for path in paths:
         for where, r in _records(path):
-            rec = {k: _text(r, k, where) for k in ("question", *KINDS)}
+            rec = {k: require_text(r, k, where) for k in ("question", *KINDS)}
             rec.update(
                 id=str(r.get("id") or _digest(rec["question"], rec["long"])),
                 doc_id=str(r.get("doc_id", "")),
@@ -118,8 +155,8 @@ def import_sft(path: str | Path, report: ImportReport | None = None) -> list[dic
 
     def make(w: str, r: dict) -> dict:
         return {
-            "question": _text(r, "prompt", w),
-            "completion": _text(r, "completion", w),
+            "question": require_text(r, "prompt", w),
+            "completion": require_text(r, "completion", w),
             "source": "import:sft",
         }
 
@@ -130,12 +167,12 @@ def import_rm(path: str | Path, report: ImportReport | None = None) -> list[dict
     """KoChatGPT RM format: [{"prompt", "completion_0", "completion_1", "completion_2", "ranking"}]."""
 
     def make(w: str, r: dict) -> dict:
-        comps = [_text(r, f"completion_{i}", w) for i in range(3)]
+        comps = [require_text(r, f"completion_{i}", w) for i in range(3)]
         ranking = r.get("ranking")
         if not (isinstance(ranking, list) and sorted(ranking) == [0, 1, 2]):
             raise InputError(f"{w}: 'ranking' must be a permutation of [0, 1, 2] (rank of each completion)")
         return {
-            "question": _text(r, "prompt", w),
+            "question": require_text(r, "prompt", w),
             "completions": comps,
             "ranking": ranking,
             "source": "import:rm",
@@ -148,7 +185,7 @@ def import_prompts(path: str | Path, report: ImportReport | None = None) -> list
     """KoChatGPT PPO format: [{"prompt"}] (JSON array or JSONL)."""
 
     def make(w: str, r: dict) -> dict:
-        return {"question": _text(r, "prompt", w), "source": "import:ppo"}
+        return {"question": require_text(r, "prompt", w), "source": "import:ppo"}
 
     return _import(path, make, report)
 
@@ -158,11 +195,6 @@ def import_prompts(path: str | Path, report: ImportReport | None = None) -> list
 
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()[:16]
-
-
-def normalize_question(q: str) -> str:
-    """'안톤 레이드, 어떻게 가나요?' and '안톤레이드 어떻게 가나요' → the same key."""
-    return _NORM_DROP.sub("", unicodedata.normalize("NFKC", q).lower())
 
 
 def _trigrams(s: str) -> set[str]:
@@ -212,31 +244,10 @@ def _jaccard(a: set[str], b: set[str]) -> float:
     return inter / (len(a) + len(b) - inter) if inter else 0.0
 
 
-def assign_split(key: str, valid_fraction: float) -> str:
-    """'valid' for a stable `valid_fraction` share of keys (independent of every other record)."""
-    h = int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:12], 16) / float(1 << 48)
-    return "valid" if h < valid_fraction else "train"
-
-
-def split_key(r: dict, split_by: str) -> str:
-    if split_by == "doc" and r.get("doc_id"):
-        return f"doc:{r['doc_id']}"
-    return f"q:{normalize_question(r['question'])}"
-
-
-def _check_common(valid_fraction: float, split_by: str) -> None:
-    if not 0 <= valid_fraction < 1:
-        raise InputError(f"--valid-fraction {valid_fraction}: must be in [0, 1)")
-    if split_by not in ("doc", "question"):
-        raise InputError(f"--split-by {split_by}: choose 'doc' or 'question'")
-
-
 def take_imports(imported: list[dict], n_own: int, ratio: float | None) -> list[dict]:
     """All imported records, or round(ratio * n_own) of them (a stable hash-ordered sample) when ratio is set."""
     if ratio is None:
         return imported
-    if ratio < 0:
-        raise InputError(f"--import-ratio {ratio}: must be >= 0")
     n = min(len(imported), round(ratio * n_own)) if n_own else len(imported)
     order = sorted(range(len(imported)), key=lambda i: _digest(imported[i]["question"], str(i)))
     return [imported[i] for i in sorted(order[:n])]
@@ -282,24 +293,18 @@ def build_sft(
     qa: list[str | Path],
     out: str | Path,
     *,
-    kinds: str = "long",
-    passages: bool = False,
-    corpus: list[str] | None = None,
-    chunk_size: int = 3000,
-    chunk_overlap: int = 250,
     imports: list[str | Path] = (),
-    import_ratio: float | None = None,
-    valid_fraction: float = 0.05,
-    split_by: str = "doc",
-    dedup_threshold: float = 0.9,
-    split_files: bool = False,
+    corpus: list[str] | None = None,
+    chunk: ChunkSettings | None = None,
+    **options: Any,
 ) -> dict:
-    _check_common(valid_fraction, split_by)
-    answer_kinds = parse_kinds(kinds)
-    records, removed = dedup(load_qa(qa), dedup_threshold)
+    """SFT records from QA files (+ passages of `corpus`, + imports); options: SFTDataOptions."""
+    o = build(SFTDataOptions, options, "data sft")
+    answer_kinds = parse_kinds(o.kinds)
+    records, removed = dedup(load_qa(qa), o.dedup_threshold)
     rows = []
     for r in records:
-        split = assign_split(split_key(r, split_by), valid_fraction)
+        split = assign_split(split_key(r, o.split_by), o.valid_fraction)
         for k in answer_kinds:
             rows.append(
                 sft_record(
@@ -312,17 +317,18 @@ def build_sft(
                 )
             )
     n_passage = 0
-    if passages:
+    if o.passages:
         if not corpus:
             raise InputError("--passages needs --corpus (the corpus the QA records were synthesised from)")
+        from dnfbot.config import ChunkSettings
+        from dnfbot.corpus import load_chunks
+
         chunk_ids = {r["chunk_id"] for r in records}
-        for c in _chunks(corpus, chunk_size, chunk_overlap):
+        for c in load_chunks(corpus, chunk or ChunkSettings()).chunks:
             if c.chunk_id not in chunk_ids:
-                continue  # only passages the QA set covers, as the original did
+                continue  # only passages the QA set covers: the answers were written from them
             q = PASSAGE_PROMPT.format(subject=c.title)
-            split = assign_split(
-                f"doc:{c.doc_id}" if split_by == "doc" else f"q:{normalize_question(q)}", valid_fraction
-            )
+            split = assign_split(split_key({"doc_id": c.doc_id, "question": q}, o.split_by), o.valid_fraction)
             rows.append(
                 sft_record(
                     q, c.text, id=f"passage:{c.chunk_id}", source="passage", doc_id=c.doc_id, split=split
@@ -330,24 +336,14 @@ def build_sft(
             )
             n_passage += 1
     n_own = len(rows)
-    imported, removed_imp, report = [], 0, ImportReport()
-    for path in imports:
-        imported += import_sft(path, report)
-    if imported:
-        imported, removed_imp = dedup(imported, dedup_threshold)
-        for r in take_imports(imported, n_own, import_ratio):
-            split = assign_split(split_key(r, "question"), valid_fraction)
-            rows.append(
-                sft_record(
-                    r["question"],
-                    r["completion"],
-                    id=f"import:{_digest(r['question'])}",
-                    source=r["source"],
-                    doc_id="",
-                    split=split,
-                )
-            )
-    summary = _write(out, rows, split_files)
+    imported, removed_imp, report = _imports(imports, import_sft, o, n_own)
+    rows += [
+        sft_record(
+            r["question"], r["completion"], id=r["id"], source=r["source"], doc_id="", split=r["split"]
+        )
+        for r in imported
+    ]
+    summary = _write(out, rows, o.split_files)
     return {
         **summary,
         "qa_records": len(records),
@@ -361,12 +357,25 @@ def build_sft(
     }
 
 
-def _chunks(corpus: list[str], size: int, overlap: int):
-    from dnfbot.corpus import load_corpus
-    from dnfbot.corpus.chunking import chunk_documents
-
-    docs, _ = load_corpus([str(p) for p in corpus])
-    return chunk_documents(docs, size, overlap)
+def _imports(paths: list[str | Path], read, o: Any, n_own: int) -> tuple[list[dict], int, ImportReport]:
+    """The imported records to mix in beside `n_own` own ones (de-duplicated, `o.import_ratio` per own record),
+    each with an "id" and a "split" (by question: an import has no article); (records, duplicates removed,
+    skipped-records report)."""
+    imported, report = [], ImportReport()
+    for path in paths:
+        imported += read(path, report)
+    if not imported:
+        return [], 0, report
+    kept, removed = dedup(imported, o.dedup_threshold)
+    taken = [
+        {
+            **r,
+            "id": f"import:{_digest(r['question'])}",
+            "split": assign_split(split_key(r, "question"), o.valid_fraction),
+        }
+        for r in take_imports(kept, n_own, o.import_ratio)
+    ]
+    return taken, removed, report
 
 
 # --- reward model ------------------------------------------------------------------------------------------------
@@ -411,21 +420,12 @@ def pairs_from_ranking(rec: dict) -> list[dict]:
 
 
 def build_rm(
-    qa: list[str | Path],
-    out: str | Path,
-    *,
-    ranking: str = DEFAULT_RANKING,
-    ranking_out: str | Path | None = None,
-    imports: list[str | Path] = (),
-    import_ratio: float | None = None,
-    valid_fraction: float = 0.05,
-    split_by: str = "doc",
-    dedup_threshold: float = 0.9,
-    split_files: bool = False,
+    qa: list[str | Path], out: str | Path, *, imports: list[str | Path] = (), **options: Any
 ) -> dict:
-    _check_common(valid_fraction, split_by)
-    order = parse_ranking(ranking)
-    records, removed = dedup(load_qa(qa), dedup_threshold) if qa else ([], 0)
+    """Ranking records and their (chosen, rejected) pairs from QA files (+ imports); options: RMDataOptions."""
+    o = build(RMDataOptions, options, "data rm")
+    order = parse_ranking(o.ranking)
+    records, removed = dedup(load_qa(qa), o.dedup_threshold) if qa else ([], 0)
     ranked = []
     for r in records:
         # completions in the fixed order long, medium, short; ranking[i] = rank of completion_i (0 = best)
@@ -436,32 +436,23 @@ def build_rm(
                 [order.index(k) for k in KINDS],
                 id=r["id"],
                 source=r["source"],
-                split=assign_split(split_key(r, split_by), valid_fraction),
+                split=assign_split(split_key(r, o.split_by), o.valid_fraction),
             )
         )
     n_own = len(ranked)
-    imported, removed_imp, report = [], 0, ImportReport()
-    for path in imports:
-        imported += import_rm(path, report)
-    if imported:
-        imported, removed_imp = dedup(imported, dedup_threshold)
-        for r in take_imports(imported, n_own, import_ratio):
-            ranked.append(
-                ranking_record(
-                    r["question"],
-                    r["completions"],
-                    r["ranking"],
-                    id=f"import:{_digest(r['question'])}",
-                    source=r["source"],
-                    split=assign_split(split_key(r, "question"), valid_fraction),
-                )
-            )
+    imported, removed_imp, report = _imports(imports, import_rm, o, n_own)
+    ranked += [
+        ranking_record(
+            r["question"], r["completions"], r["ranking"], id=r["id"], source=r["source"], split=r["split"]
+        )
+        for r in imported
+    ]
     if not ranked:
         raise InputError("no ranking records: give --qa FILE and/or --import FILE")
     pairs = [p for rec in ranked for p in pairs_from_ranking(rec)]
-    summary = _write(out, pairs, split_files)
+    summary = _write(out, pairs, o.split_files)
     out = Path(out)
-    ranking_path = Path(ranking_out) if ranking_out else out.with_name(f"{out.stem}.ranking.jsonl")
+    ranking_path = o.ranking_out or out.with_name(f"{out.stem}.ranking.jsonl")
     write_jsonl(ranking_path, ranked)
     return {
         **summary,
@@ -481,41 +472,25 @@ def build_rm(
 
 
 def build_ppo(
-    qa: list[str | Path],
-    out: str | Path,
-    *,
-    questions: str = "valid",
-    imports: list[str | Path] = (),
-    import_ratio: float | None = None,
-    limit: int | None = None,
-    valid_fraction: float = 0.05,
-    split_by: str = "doc",
-    dedup_threshold: float = 0.9,
+    qa: list[str | Path], out: str | Path, *, imports: list[str | Path] = (), **options: Any
 ) -> dict:
     """{"prompt", "source", "split"} records: the QA questions of split `questions` (valid = held out of SFT/RM
     training with the same --valid-fraction/--split-by), then imported prompts (all, or `import_ratio` per
-    own prompt); `limit` caps the total, keeping the mix."""
-    _check_common(valid_fraction, split_by)
-    if questions not in ("valid", "train", "all"):
-        raise InputError(f"--questions {questions}: choose valid, train or all")
-    records, removed = dedup(load_qa(qa), dedup_threshold) if qa else ([], 0)
+    own prompt); `limit` caps the total, keeping the mix. Options: PPODataOptions."""
+    o = build(PPODataOptions, options, "data ppo")
+    records, removed = dedup(load_qa(qa), o.dedup_threshold) if qa else ([], 0)
     own = []
     for r in records:
-        split = assign_split(split_key(r, split_by), valid_fraction)
-        if questions in ("all", split):
+        split = assign_split(split_key(r, o.split_by), o.valid_fraction)
+        if o.questions in ("all", split):
             own.append({"prompt": r["question"], "source": r["source"], "split": split})
-    imported, removed_imp, report = [], 0, ImportReport()
-    for path in imports:
-        imported += import_prompts(path, report)
-    imported, removed_imp = dedup(imported, dedup_threshold) if imported else ([], 0)
-    taken = [
-        {"prompt": r["question"], "source": r["source"], "split": "train"}
-        for r in take_imports(imported, len(own), import_ratio)
-    ]
-    if limit is not None and len(own) + len(taken) > limit:
+    imported, removed_imp, report = _imports(imports, import_prompts, o, len(own))
+    # imported prompts are all for training: the held-out ones are our own questions
+    taken = [{"prompt": r["question"], "source": r["source"], "split": "train"} for r in imported]
+    if o.limit is not None and len(own) + len(taken) > o.limit:
         share = len(own) / (len(own) + len(taken))
-        n_own = min(len(own), round(limit * share))
-        own, taken = own[:n_own], taken[: limit - n_own]
+        n_own = min(len(own), round(o.limit * share))
+        own, taken = own[:n_own], taken[: o.limit - n_own]
     rows, removed_cross = dedup([{**r, "question": r["prompt"]} for r in own + taken], 2.0)
     rows = [{k: v for k, v in r.items() if k != "question"} for r in rows]
     if not rows:
@@ -529,7 +504,7 @@ def build_ppo(
         "records": len(rows),
         "from_qa": sum(not r["source"].startswith("import") for r in rows),
         "imported": sum(r["source"].startswith("import") for r in rows),
-        "questions": questions,
+        "questions": o.questions,
         "import_skipped": report.skipped,
         "import_skipped_first": report.first,
         "duplicates_removed": removed + removed_imp + removed_cross,

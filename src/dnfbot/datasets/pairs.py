@@ -14,25 +14,20 @@ the article (`split_by="doc"`: held-out articles are never seen), so it is stabl
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dnfbot.corpus.chunking import Chunk
 from dnfbot.corpus.sentences import split_sentences
+from dnfbot.datasets.splits import assign_split, hash01
 from dnfbot.errors import InputError
-from dnfbot.io import iter_jsonl, write_jsonl
+from dnfbot.io import iter_records, require_text, write_jsonl
+
+if TYPE_CHECKING:
+    from dnfbot.config import ChunkSettings
 
 _HANGUL = re.compile(r"[가-힣]")
-
-
-def _hash01(key: str) -> float:
-    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:12], 16) / float(1 << 48)
-
-
-def assign_split(key: str, valid_fraction: float) -> str:
-    """'valid' for a stable `valid_fraction` share of keys, else 'train'."""
-    return "valid" if _hash01(key) < valid_fraction else "train"
 
 
 def _pair(query: str, chunk: Chunk, source: str) -> dict:
@@ -55,7 +50,7 @@ def ict_pairs(
     for c in chunks:
         sents = {c.text[a:b].strip() for a, b in split_sentences(c.text)}
         sents = [s for s in sents if min_chars <= len(s) <= max_chars and len(_HANGUL.findall(s)) >= 8]
-        sents.sort(key=lambda s: _hash01(f"{c.chunk_id}\0{s}"))
+        sents.sort(key=lambda s: hash01(f"{c.chunk_id}\0{s}"))
         pairs += [_pair(s, c, "ict") for s in sents[:per_chunk]]
     return pairs
 
@@ -65,14 +60,10 @@ def synth_pairs(paths: list[str | Path], chunks: list[Chunk]) -> tuple[list[dict
     by_id = {c.chunk_id: c for c in chunks}
     pairs, missing, records = [], 0, 0
     for path in paths:
-        for i, r in enumerate(iter_jsonl(path, allow_torn_tail=True), start=1):
+        for where, r in iter_records(path, allow_torn_tail=True):
             records += 1
-            q = r.get("question")
-            if not isinstance(q, str) or not q.strip():
-                raise InputError(f"{path}: record {i}: missing or empty field 'question'")
-            if not r.get("chunk_id"):
-                raise InputError(f"{path}: record {i}: missing field 'chunk_id'")
-            c = by_id.get(str(r["chunk_id"]))
+            q = require_text(r, "question", where)
+            c = by_id.get(str(r.get("chunk_id") or require_text(r, "chunk_id", where)))
             if c is None:
                 missing += 1
                 continue
@@ -98,6 +89,18 @@ def split_pairs(pairs: list[dict], valid_fraction: float = 0.1, split_by: str = 
     return out
 
 
+def load_pairs(path: str | Path, split: str | None = None) -> list[dict]:
+    """Pairs written by `build_pairs`; `split` keeps only records of that split (records without one count as
+    train)."""
+    out = []
+    for where, r in iter_records(path):
+        for f in ("query", "passage", "chunk_id"):
+            require_text(r, f, where)
+        if split is None or r.get("split", "train") == split:
+            out.append(r)
+    return out
+
+
 def build_pairs(
     corpus: list[str | Path],
     out: str | Path,
@@ -106,19 +109,17 @@ def build_pairs(
     ict_per_chunk: int = 0,
     valid_fraction: float = 0.1,
     split_by: str = "question",
-    chunk_size: int = 3000,
-    chunk_overlap: int = 250,
+    chunk: ChunkSettings | None = None,
 ) -> dict:
-    """Write the pairs file; returns counts."""
-    from dnfbot.corpus import load_corpus
-    from dnfbot.corpus.chunking import chunk_documents
+    """Write the pairs file; returns counts. `chunk`: the settings the index was cut with (default 3000/250)."""
+    from dnfbot.config import ChunkSettings
+    from dnfbot.corpus import load_chunks
 
     if not synth and ict_per_chunk <= 0:
         raise InputError(
             "give --synth FILE (synthesised questions) and/or --ict N (sentence queries per chunk)"
         )
-    docs, _ = load_corpus([str(p) for p in corpus])
-    chunks = chunk_documents(docs, chunk_size, chunk_overlap)
+    chunks = load_chunks(corpus, chunk or ChunkSettings()).chunks
     pairs, stats = [], {"records": 0, "missing_chunk": 0}
     if synth:
         pairs, stats = synth_pairs(list(synth), chunks)

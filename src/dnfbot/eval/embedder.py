@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from dnfbot.errors import InputError
+from dnfbot.eval.metrics import mrr, recall
 from dnfbot.io import atomic_write_json, read_json
 
 
@@ -38,7 +39,7 @@ def run_models(run_dir: str | Path) -> list[tuple[str, str]]:
 def load_eval_pairs(path: str | Path) -> tuple[list[dict], list[str], list[str]]:
     """Held-out pairs (the valid split, or every pair when the file has no split) and the passage pool: every
     distinct passage of the file, keyed by chunk id."""
-    from dnfbot.train.embed import load_pairs
+    from dnfbot.datasets.pairs import load_pairs
 
     allp = load_pairs(path)
     queries = [p for p in allp if p.get("split") == "valid"] or allp
@@ -62,8 +63,8 @@ def similarity_stats(sim: np.ndarray, gold: np.ndarray, ks: tuple[int, ...] = (1
         "gap": float(own.mean() - other_mean.mean()),
     }
     for k in ks:
-        out[f"recall@{k}"] = float((rank <= k).mean())
-    out["mrr@10"] = float(np.where(rank <= 10, 1.0 / rank, 0.0).mean())
+        out[f"recall@{k}"] = recall(rank, k)
+    out["mrr@10"] = mrr(rank, 10)
     return out
 
 

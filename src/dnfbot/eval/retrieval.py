@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dnfbot.errors import InputError
-from dnfbot.io import iter_jsonl
+from dnfbot.eval.metrics import mrr, percentile, recall
+from dnfbot.io import iter_records, require_text
 from dnfbot.retrieval.tokenizer import KoreanTokenizer
 
 
@@ -18,19 +19,41 @@ class DevItem:
     gold_doc_ids: list[str]
     answer: str | None
     answerable: bool
+    answer_alts: list[str] = field(default_factory=list)  # other wordings of the answer that also count
+    kind: str = ""  # guide | slang | unanswerable | offtopic | chitchat ("" in older sets)
+    split: str = ""  # tune | test ("" = both)
+    evidence: str | None = None  # the sentence of a gold article that holds the answer
+
+    @property
+    def answers(self) -> list[str]:
+        return [a for a in [self.answer, *self.answer_alts] if a]
 
 
 def load_devset(path: str | Path) -> list[DevItem]:
     items = []
-    for i, r in enumerate(iter_jsonl(path), start=1):
-        where = f"{path}: record {i}"
-        if not isinstance(r.get("question"), str) or not r["question"].strip():
-            raise InputError(f"{where}: missing field 'question'")
+    for i, (where, r) in enumerate(iter_records(path), start=1):
+        require_text(r, "question", where)
         answerable = bool(r.get("answerable", bool(r.get("gold_doc_ids"))))
         gold = [str(g) for g in r.get("gold_doc_ids") or []]
         if answerable and not gold:
             raise InputError(f"{where}: answerable question without 'gold_doc_ids'")
-        items.append(DevItem(str(r.get("id", i)), r["question"], gold, r.get("answer"), answerable))
+        alts = r.get("answer_alts") or []
+        if not isinstance(alts, list):
+            raise InputError(f"{where}: 'answer_alts' must be a list")
+        kind = str(r.get("kind") or ("guide" if answerable else "unanswerable"))
+        items.append(
+            DevItem(
+                str(r.get("id", i)),
+                r["question"],
+                gold,
+                r.get("answer"),
+                answerable,
+                [str(a) for a in alts],
+                kind,
+                str(r.get("split") or ""),
+                r.get("evidence"),
+            )
+        )
     if not items:
         raise InputError(f"{path}: empty dev set")
     return items
@@ -38,6 +61,12 @@ def load_devset(path: str | Path) -> list[DevItem]:
 
 def _norm(s: str) -> str:
     return "".join(s.split())
+
+
+def answer_hit(item: DevItem, ans) -> bool:
+    """Answered, and the answer text holds the gold answer (or one of its alternatives), spaces ignored."""
+    text = _norm(ans.answer)
+    return bool(ans.answered and any(_norm(a) in text for a in item.answers))
 
 
 def evaluate(rag, items: list[DevItem], k: int = 5, calibrate: bool = False) -> dict:
@@ -56,7 +85,7 @@ def evaluate(rag, items: list[DevItem], k: int = 5, calibrate: bool = False) -> 
         t = time.perf_counter()
         ans = rag.ask(it.question)
         lat_ask.append(time.perf_counter() - t)
-        hit = bool(ans.answered and it.answer and _norm(it.answer) in _norm(ans.answer))
+        hit = answer_hit(it, ans)
         per.append(
             {
                 "id": it.id,
@@ -75,14 +104,14 @@ def evaluate(rag, items: list[DevItem], k: int = 5, calibrate: bool = False) -> 
         "answerable": len(answerable),
         "unanswerable": len(unanswerable),
         "k": k,
-        f"recall@{k}": sum(p["rank"] is not None for p in answerable) / n_a,
-        f"mrr@{k}": sum(1 / p["rank"] for p in answerable if p["rank"]) / n_a,
+        f"recall@{k}": recall(p["rank"] or 0 for p in answerable),
+        f"mrr@{k}": mrr(p["rank"] or 0 for p in answerable),
         "answer_hit": sum(p["answer_hit"] for p in answerable) / n_a,
         "refusal_accuracy": sum(not p["answered"] for p in unanswerable) / n_u,
         "false_refusal": sum(not p["answered"] for p in answerable) / n_a,
         "min_coverage": rag.settings.answer.min_coverage,
-        "search_ms_p50": _pct(lat_search, 50) * 1000,
-        "ask_ms_p50": _pct(lat_ask, 50) * 1000,
+        "search_ms_p50": percentile(lat_search, 50) * 1000,
+        "ask_ms_p50": percentile(lat_ask, 50) * 1000,
         "per_query": per,
     }
     if calibrate:
@@ -90,13 +119,13 @@ def evaluate(rag, items: list[DevItem], k: int = 5, calibrate: bool = False) -> 
     return report
 
 
-def calibrate_threshold(per: list[dict], max_false_refusal: float = 0.10) -> dict:
+def calibrate_threshold(per: list[dict], max_false_refusal: float = 0.10, steps: int = 100) -> dict:
     """The coverage threshold with the best balanced accuracy whose false-refusal rate stays within bounds."""
     pos = [p["coverage"] for p in per if p["answerable"]]
     neg = [p["coverage"] for p in per if not p["answerable"]]
     best = None
-    for step in range(0, 101):
-        th = step / 100
+    for step in range(0, steps + 1):
+        th = round(step / steps, 4)
         fr = sum(c < th for c in pos) / max(1, len(pos))
         ra = sum(c < th for c in neg) / max(1, len(neg))
         if fr > max_false_refusal:
@@ -105,12 +134,6 @@ def calibrate_threshold(per: list[dict], max_false_refusal: float = 0.10) -> dic
         if best is None or score > best["balanced_accuracy"] + 1e-9:
             best = {"threshold": th, "refusal_accuracy": ra, "false_refusal": fr, "balanced_accuracy": score}
     return best or {}
-
-
-def _pct(xs: list[float], q: float) -> float:
-    import numpy as np
-
-    return float(np.percentile(xs, q)) if xs else 0.0
 
 
 def format_report(r: dict) -> str:

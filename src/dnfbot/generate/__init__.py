@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -22,8 +23,6 @@ class Passage:
     part: int
     text: str
     score: float
-    # Kiwi (token, start, end) spans into `text`, stored at index time; None → the generator tokenizes.
-    spans: list[tuple[str, int, int]] | None = None
 
 
 @dataclass
@@ -33,8 +32,17 @@ class GenerationRequest:
     history: list[dict] = field(default_factory=list)  # [{"role": "user"|"assistant", "content": str}, ...]
     max_new_tokens: int = 512
     temperature: float = 0.0
-    # Query term → weight (BM25 idf), filled by rag.py; extractive answering scores sentences with it.
+    # Query term → weight (BM25 idf), filled by rag.py.
     term_weights: dict[str, float] = field(default_factory=dict)
+    # The evidence gate's reading of the question and passages (retrieval/evidence.py, retrieval/passages.py),
+    # filled by rag.py: the extractive back end chooses its sentences from them.
+    query: Any = None
+    evidence: Any = None
+    analyses: list = field(default_factory=list)  # one PassageAnalysis per passage
+    passage_ranks: list[int] = field(
+        default_factory=list
+    )  # retrieval rank of each passage's article (0 = best)
+    said: list[str] = field(default_factory=list)  # sentences the conversation already said: never repeated
 
 
 class Generator(ABC):
@@ -47,10 +55,6 @@ class Generator(ABC):
 
     def generate(self, request: GenerationRequest) -> str:
         return "".join(self.stream(request))
-
-    def wants_spans(self, passage_text: str) -> bool:
-        """Whether this back end reads a passage's stored Kiwi spans (rag.py loads them only then)."""
-        return False
 
 
 _REGISTRY: dict[str, str] = {

@@ -3,8 +3,8 @@
     dnfbot generate --model ./polyglot-ko-1.3b --adapter runs/sft "피로도는 언제 회복되나요?"
     dnfbot ask "무의 장막 신수 추천" --backend hf --model ./eeve-10.8b --adapter runs/eeve-rag-sft
 
-Decoding defaults are the original project's: beam search (3 beams), no_repeat_ngram_size 4, top_p 0.9,
-max_new_tokens 256. Beam search cannot stream token by token (transformers refuses a streamer with beams), so a
+Decoding defaults: beam search (3 beams) for a deterministic, fluent answer, no_repeat_ngram_size 4 so that a
+small model cannot loop, top_p 0.9 (with --sample), max_new_tokens 256. Beam search cannot stream token by token (transformers refuses a streamer with beams), so a
 multi-beam answer arrives in one piece; greedy / sampling (num_beams=1) streams through TextIteratorStreamer.
 Prompts use the project's '### 질문: …\\n\\n### 답변:' format (dnfbot.formats) — the exact text SFT trained on —
 or the tokenizer's chat template when the model has one (see generate.prompting.render_for_tokenizer).
@@ -15,12 +15,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dnfbot.config import GenerationSettings
 from dnfbot.errors import InputError
-from dnfbot.formats import QUESTION_TAG
+from dnfbot.formats import QUESTION_TAG, model_prompt
 from dnfbot.generate import GenerationRequest, Generator
+from dnfbot.options import option
+
+if TYPE_CHECKING:
+    from dnfbot.config import GenerationSettings
 
 # The model may go on to invent the next '### 질문:' turn: cut the answer there.
 STOP_STRINGS = ["\n### ", "### 질문", QUESTION_TAG.strip()]
@@ -28,17 +31,18 @@ STOP_STRINGS = ["\n### ", "### 질문", QUESTION_TAG.strip()]
 
 @dataclass
 class DecodeOptions:
-    """Decoding settings (the original notebook's defaults)."""
+    """Decoding settings (the `generate:` section of a run config; the flags of `dnfbot generate`)."""
 
-    max_new_tokens: int = 256
-    num_beams: int = 3
-    no_repeat_ngram_size: int = 4
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 0.9
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
+    panel = "Decoding"
+    max_new_tokens: int = option(256, "answer budget in tokens")
+    num_beams: int = option(3, "beam search width (beam search answers arrive at once)")
+    no_repeat_ngram_size: int = option(4, "never repeat an n-gram of this size (0: off)")
+    do_sample: bool = option(False, "sample instead of beam/greedy search", flag="--sample/--no-sample")
+    temperature: float = option(1.0, "sampling temperature (with --sample)")
+    top_p: float = option(0.9, "nucleus sampling (with --sample)")
+    top_k: int = option(0, "top-k sampling, 0 = off (with --sample)")
+    repetition_penalty: float = option(1.0, "penalty on tokens already generated")
+    seed: int | None = option(None, "random seed")
 
     def generate_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {
@@ -169,8 +173,8 @@ class HFGenerator(Generator):
         from dnfbot.generate.prompting import render_for_tokenizer
 
         text = render_for_tokenizer(request, self.tokenizer, self.template, self.settings.history_turns)
-        # '### 답변:' without its trailing space: SFT trained on 'prompt:' + ' answer' (see train.common.model_prompt)
-        return text if getattr(self.tokenizer, "chat_template", None) else text.rstrip()
+        # a chat template ends where the model's own format says; ours at the boundary SFT trained on
+        return text if getattr(self.tokenizer, "chat_template", None) else model_prompt(text)
 
     def options(self, request: GenerationRequest) -> DecodeOptions:
         if self.decode is not None:
@@ -178,7 +182,7 @@ class HFGenerator(Generator):
         sample = request.temperature > 0
         return DecodeOptions(
             max_new_tokens=request.max_new_tokens,
-            num_beams=1,  # stream in chat; `dnfbot generate` keeps the original beam search
+            num_beams=1,  # beams cannot stream token by token; `dnfbot generate` keeps beam search
             do_sample=sample,
             temperature=request.temperature if sample else 1.0,
         )

@@ -9,28 +9,15 @@ remote one without a key is refused before any request leaves the machine.
 
 from __future__ import annotations
 
-import ipaddress
-import os
 from collections.abc import Iterator
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING
 
-from dnfbot.config import GenerationSettings
 from dnfbot.errors import DnfbotError, InputError
-from dnfbot.generate import GenerationRequest, Generator
+from dnfbot.generate import GenerationRequest, Generator, endpoints
 from dnfbot.generate.prompting import build_messages, load_template
 
-OPENAI_URL = "https://api.openai.com/v1"
-LOCAL_KEY = "not-needed"  # the client insists on some key; local servers ignore it
-
-
-def is_local(url: str) -> bool:
-    host = (urlparse(url).hostname or "").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+if TYPE_CHECKING:
+    from dnfbot.config import GenerationSettings
 
 
 class OpenAIGenerator(Generator):
@@ -39,31 +26,24 @@ class OpenAIGenerator(Generator):
     def __init__(self, settings: GenerationSettings, timeout: float = 120.0, **_: object):
         import openai
 
-        base_url = settings.base_url or os.environ.get("OPENAI_BASE_URL")
-        key = os.environ.get("OPENAI_API_KEY") or None
-        if not base_url:
-            if not key:
-                raise InputError(
-                    "generation.base_url: give --base-url or OPENAI_BASE_URL "
-                    "(e.g. http://127.0.0.1:11434/v1 for Ollama), or set OPENAI_API_KEY for api.openai.com"
-                )
-            base_url = OPENAI_URL
-        if urlparse(base_url).scheme not in ("http", "https"):
-            raise InputError(f"generation.base_url: '{base_url}' is not an http(s) URL")
-        if not key and not is_local(base_url):
-            raise InputError(f"generation.base_url: {base_url} is not local; set OPENAI_API_KEY for it")
+        if not endpoints.configured_base_url(settings.base_url) and not endpoints.api_key():
+            # api.openai.com is the default only for someone who set a key for it
+            raise InputError(
+                "generation.base_url: give --base-url or OPENAI_BASE_URL "
+                "(e.g. http://127.0.0.1:11434/v1 for Ollama), or set OPENAI_API_KEY for api.openai.com"
+            )
+        base_url = endpoints.resolve_base_url(settings.base_url)
+        key = endpoints.resolve_api_key(base_url)
         if not settings.model:
             raise InputError(
                 "generation.model: the openai back end needs --model NAME (as the server calls it)"
             )
-        self.base_url = base_url.rstrip("/")
+        self.base_url = base_url
         self.model = settings.model
         self.history_turns = settings.history_turns
         self.template = load_template(settings.prompt_template)
-        self._secret = key
-        self._client = openai.OpenAI(
-            base_url=self.base_url, api_key=key or LOCAL_KEY, timeout=timeout, max_retries=1
-        )
+        self._secret = None if key == endpoints.LOCAL_KEY else key
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=timeout, max_retries=1)
 
     def __repr__(self) -> str:  # no key in reprs, logs or tracebacks' locals
         return f"OpenAIGenerator(base_url={self.base_url!r}, model={self.model!r})"

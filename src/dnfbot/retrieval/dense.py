@@ -183,8 +183,9 @@ class EmbeddingCache:
         atomic_write_bytes(self.folder / name, buf.getvalue())
 
 
-def cached_encode(encoder, texts: list[str], kind: str, cache_dir: Path | None, batch_size: int = 32,
-                  tag: str = "") -> np.ndarray:
+def cached_encode(
+    encoder, texts: list[str], kind: str, cache_dir: Path | None, batch_size: int = 32, tag: str = ""
+) -> np.ndarray:
     """encoder.encode with the on-disk embedding cache the index build uses (keyed by the encoder's identity
     and the exact prefixed text), so evaluations and benches re-encode only what no build or run has encoded.
     `tag` separates vectors computed under other encoding settings (e.g. a shorter max length)."""
@@ -201,7 +202,11 @@ def cached_encode(encoder, texts: list[str], kind: str, cache_dir: Path | None, 
             cache.add([k for k, _ in part], encoder.encode([t for _, t in part], kind, batch_size))
         cache.compact()
     dim = encoder.dim if not texts else len(cache.vectors[keys[0]])
-    return np.stack([cache.vectors[k] for k in keys]).astype(np.float32) if texts else np.zeros((0, dim), np.float32)
+    return (
+        np.stack([cache.vectors[k] for k in keys]).astype(np.float32)
+        if texts
+        else np.zeros((0, dim), np.float32)
+    )
 
 
 # --- building -----------------------------------------------------------------------------------------------
@@ -211,14 +216,16 @@ def settings_spec(settings: DenseSettings, home: Path | None = None):
 
     if not settings.model:
         raise InputError("dense.model is not set: give --dense-model PATH (or e5-small)")
-    return encoder_spec(settings.model, settings.backend, settings.query_prefix, settings.passage_prefix, home)
+    return encoder_spec(
+        settings.model, settings.backend, settings.query_prefix, settings.passage_prefix, home
+    )
 
 
 def build_dense(
     build_dir: Path, chunks: list[Chunk], settings: DenseSettings, cache_dir: Path, encoder=None
 ) -> dict:
     """Encode the chunks (reusing cached embeddings) and write build_dir/dense/{index.faiss, ids.json, meta.json}."""
-    from dnfbot.cli_util import progress
+    from dnfbot.console import progress
 
     faiss = _require("faiss")
 
@@ -361,14 +368,14 @@ class DenseRetriever:
         self.last_timing: dict[str, float] = {}
         self._qcache: OrderedDict[str, np.ndarray] = OrderedDict()
 
-    @property
-    def tokenizer(self):
-        return self.index.tokenizer
-
     def with_settings(self, mode: str | None = None, **update) -> DenseRetriever:
         """The same index, vectors and encoder with other fusion settings (benches, calibration)."""
         r = DenseRetriever(
-            self.index, self.matrix, self.encoder, mode or self.mode, self.settings.model_copy(update=update),
+            self.index,
+            self.matrix,
+            self.encoder,
+            mode or self.mode,
+            self.settings.model_copy(update=update),
             "override" if update else self.fusion_source,
         )
         r._qcache = self._qcache  # same encoder: same query vectors
@@ -431,10 +438,6 @@ class DenseRetriever:
         rows = [self.index.position[h.chunk.chunk_id] for h in hits]
         return max_cosine(self.encode_query(query), self.matrix[rows])
 
-    # SparseIndex's query API, for callers that use the retriever where they used the index
-    def query_scores(self, query: str, filters: Filters | None = None) -> np.ndarray:
-        return self.scores(query, self.encode_query(query), filters)
-
 
 def load_dense_matrix(build_path: Path, index: SparseIndex) -> tuple[np.ndarray, dict]:
     """The dense vectors in the sparse index's chunk order, and the build's dense meta."""
@@ -494,7 +497,9 @@ def open_dense_retriever(
     return r
 
 
-def calibrate_and_store(retriever: DenseRetriever, items, k: int = 5, dev_set: str = "") -> tuple[DenseRetriever, dict]:
+def calibrate_and_store(
+    retriever: DenseRetriever, items, k: int = 5, dev_set: str = ""
+) -> tuple[DenseRetriever, dict]:
     """Choose the fusion and weights on the dev items (fusion.py), keep them with the retriever's index, and
     return the retriever with them in force and the calibration report."""
     from dnfbot.retrieval.fusion import calibrate_fusion, store_weights

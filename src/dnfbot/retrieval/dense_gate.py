@@ -62,5 +62,11 @@ def fit_weight(coverage, cosine, labels, weights=WEIGHTS, center: float = DEFAUL
     cov, cos = np.asarray(coverage, dtype=np.float64), np.asarray(cosine, dtype=np.float64)
     table = {float(w): auc(combined_score(cov, cos, w, center), labels) for w in weights}
     best = max(table, key=lambda w: (round(table[w], 9), -w))
-    return {"weight": best, "center": center, "auc": table[best], "auc_coverage": auc(cov, labels),
-            "auc_dense": auc(cos, labels), "table": table}
+    return {
+        "weight": best,
+        "center": center,
+        "auc": table[best],
+        "auc_coverage": auc(cov, labels),
+        "auc_dense": auc(cos, labels),
+        "table": table,
+    }

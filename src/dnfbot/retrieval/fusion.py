@@ -26,7 +26,10 @@ SPARSE_WEIGHTS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 def gold_ranks(rankings: list[list[str]], gold: list[list[str]], k: int) -> list[int]:
     """Per question: the 1-based rank of the first gold article in the top k, 0 if none."""
-    return [next((i for i, d in enumerate(docs[:k], 1) if d in g), 0) for docs, g in zip(rankings, gold, strict=True)]
+    return [
+        next((i for i, d in enumerate(docs[:k], 1) if d in g), 0)
+        for docs, g in zip(rankings, gold, strict=True)
+    ]
 
 
 def quality(ranks) -> dict:
@@ -45,10 +48,14 @@ def _key(ranks) -> tuple[float, float]:
 
 
 def folds_for(ids: list[str]) -> np.ndarray:
-    """Two stable halves of a dev set (the same split `bench dense` uses)."""
-    from dnfbot.datasets.pairs import assign_split
+    """Two stable halves of a dev set (the same split `bench dense` uses): datasets.splits.assign_split's
+    sha256 rule with a half, restated here because retrieval sits below datasets."""
+    import hashlib
 
-    return np.array([assign_split(f"fold:{i}", 0.5) == "valid" for i in ids], dtype=np.int64)
+    def half(key: str) -> bool:
+        return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:12], 16) / float(1 << 48) < 0.5
+
+    return np.array([half(f"fold:{i}") for i in ids], dtype=np.int64)
 
 
 def cross_validated(rows: list[dict], folds: np.ndarray) -> dict:
@@ -91,7 +98,10 @@ def calibrate_fusion(retriever, items, k: int = 5) -> dict:
     sparse = {"setup": "sparse only (BM25)", "ranks": gold_ranks(sparse_docs, gold, k)}
     for c in candidates():
         r = retriever.with_settings("hybrid", **c)
-        docs = [[h.chunk.doc_id for h in r.search_vector(it.question, v, k)] for it, v in zip(answerable, qv, strict=True)]
+        docs = [
+            [h.chunk.doc_id for h in r.search_vector(it.question, v, k)]
+            for it, v in zip(answerable, qv, strict=True)
+        ]
         rows.append({"setup": setup_name(c), **c, "ranks": gold_ranks(docs, gold, k)})
     folds = folds_for([it.id for it in answerable])
     best = max(rows, key=lambda r: _key(r["ranks"]))

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dnfbot.config import Settings
-from dnfbot.corpus import load_corpus
-from dnfbot.corpus.chunking import chunk_documents
+from dnfbot.corpus import load_chunks
 from dnfbot.corpus.clean import CLEANING_VERSION
 from dnfbot.errors import IndexMissingError
 from dnfbot.retrieval import store
@@ -83,8 +82,7 @@ def build_index(
         except IndexMissingError:
             pass
     tok = tokenizer or get_tokenizer()
-    docs, report = load_corpus(corpus)
-    chunks = chunk_documents(docs, settings.chunk.size, settings.chunk.overlap)
+    chunks, docs, report = load_chunks(corpus, settings.chunk)
     by_doc: dict[str, list] = {}
     for c in chunks:
         by_doc.setdefault(c.doc_id, []).append(c)

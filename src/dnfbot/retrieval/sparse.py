@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dnfbot.corpus.categories import expand_query, query_classes
+from dnfbot.corpus.aliases import expand_query, query_classes
 from dnfbot.corpus.chunking import Chunk
 from dnfbot.io import iter_jsonl
 from dnfbot.retrieval.tokenizer import KoreanTokenizer, char_bigrams
@@ -104,14 +104,6 @@ class Field:
         df = int(self._df[tid]) if tid is not None else 0
         return math.log(1 + (self.n - df + 0.5) / (df + 0.5))
 
-    def contains(self, token: str, chunk_index: int) -> bool:
-        tid = self.token_id(token)
-        if tid is None:
-            return False
-        docs = self._indices[self._indptr[tid] : self._indptr[tid + 1]]
-        j = np.searchsorted(docs, chunk_index)
-        return bool(j < len(docs) and docs[j] == chunk_index)
-
     def scores(self, tokens: list[str]) -> np.ndarray:
         """Sum of each query token's precomputed BM25 column (a repeated token counts again, as in bm25s).
         One bincount instead of bm25s' np.add.at per query token; the same scores to float32 precision."""
@@ -151,6 +143,8 @@ class SparseIndex:
         self.position = {c.chunk_id: i for i, c in enumerate(chunks)}
         self.build_dir: Path | None = None  # set by load(): where stored token spans are read from
         self._span_offsets: np.ndarray | None = None
+        self._by_doc: dict[str, list[int]] | None = None
+        self._vocabulary: frozenset[str] | None = None
         self._cat = {
             name: np.array([getattr(c, name) or "" for c in chunks], dtype=object)
             for name in ("category1", "category2", "category3")
@@ -217,12 +211,25 @@ class SparseIndex:
             f.seek(int(self._span_offsets[position]))
             return [tuple(x) for x in json.loads(f.readline())]
 
+    def doc_chunks(self, doc_id: str) -> list[int]:
+        """Positions of a document's chunks, in reading order."""
+        if self._by_doc is None:
+            by_doc: dict[str, list[int]] = {}
+            for i, c in enumerate(self.chunks):
+                by_doc.setdefault(c.doc_id, []).append(i)
+            self._by_doc = by_doc
+        return self._by_doc.get(doc_id, [])
+
+    @property
+    def vocabulary(self) -> frozenset[str]:
+        """Every morpheme the guides use (what counts as a "known word" when reading a question)."""
+        if self._vocabulary is None:
+            self._vocabulary = frozenset(t for t in self.morph.bm25.vocab_dict if t)
+        return self._vocabulary
+
     # --- querying -----------------------------------------------------------------------------------------
     def idf(self, token: str) -> float:
         return self.morph.idf(token)
-
-    def contains(self, token: str, chunk_index: int) -> bool:
-        return self.morph.contains(token, chunk_index)
 
     def mask(self, filters: Filters | None) -> np.ndarray | None:
         if filters is None or filters.empty():
@@ -241,11 +248,11 @@ class SparseIndex:
 
         Short forms are expanded ("무장" → "무의 장막"), and chunks of a class the question names ("드나",
         "섀댄") get `class_boost`: guides rarely repeat their class's nickname."""
-        expanded = expand_query(query)
+        expanded = expand_query(query, self.vocabulary)
         m = _unit(self.morph.scores(self.tokenizer.tokenize(expanded)))
         b = _unit(self.bigram.scores(char_bigrams(expanded)))
         scores = m + self.bigram_weight * b
-        boards = query_classes(query)
+        boards = query_classes(query, self.vocabulary)
         if boards and self.class_boost:
             scores = scores + self.class_boost * np.isin(self._cat["category3"], boards) * (scores > 0)
         mask = self.mask(filters)

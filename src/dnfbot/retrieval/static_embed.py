@@ -21,11 +21,15 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dnfbot.errors import InputError
 from dnfbot.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from dnfbot.config import ChunkSettings
 
 CONFIG_NAME = "static_embedding.json"
 FORMAT = 1
@@ -36,7 +40,10 @@ def features(tokenizer, texts: list[str]) -> list[list[str]]:
     from dnfbot.retrieval.tokenizer import char_bigrams
 
     morphs = tokenizer.tokenize_many(texts)
-    return [[f"m:{t}" for t in m] + [f"b:{b}" for b in char_bigrams(t)] for m, t in zip(morphs, texts, strict=True)]
+    return [
+        [f"m:{t}" for t in m] + [f"b:{b}" for b in char_bigrams(t)]
+        for m, t in zip(morphs, texts, strict=True)
+    ]
 
 
 class StaticModel:
@@ -62,7 +69,9 @@ class StaticModel:
             vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
             t = load_file(str(folder / "embeddings.safetensors"))
         except (OSError, ValueError) as e:
-            raise InputError(f"{folder}: not a readable static embedding model: {str(e).splitlines()[0]}") from None
+            raise InputError(
+                f"{folder}: not a readable static embedding model: {str(e).splitlines()[0]}"
+            ) from None
         if config.get("format") != FORMAT or len(vocab) != len(t["vectors"]):
             raise InputError(f"{folder}: static embedding model of an unknown format")
         return cls(vocab, t["vectors"], t["weights"], config)
@@ -136,29 +145,32 @@ def train_static(
     scale: float = 20.0,
     seed: int = 0,
     corpus: list[str] | None = None,
-    chunk_size: int = 3000,
-    chunk_overlap: int = 250,
+    chunk: ChunkSettings | None = None,
 ) -> dict:
     """Train a static model on the pairs' train split and write it to `out`. Idf weights come from the
     corpus chunks when `corpus` is given, else from the pairs' passages."""
     import torch
 
+    from dnfbot.io import iter_records, require_text
     from dnfbot.retrieval.tokenizer import get_tokenizer
-    from dnfbot.train.embed import load_pairs
 
     t0 = time.perf_counter()
-    train = load_pairs(pairs, "train")
+    train = []  # the train split of a `dnfbot data pairs` file (records without a split count as train)
+    for where, rec in iter_records(pairs):
+        for field in ("query", "passage"):
+            require_text(rec, field, where)
+        if rec.get("split", "train") == "train":
+            train.append(rec)
     if len(train) < 2:
         raise InputError(f"{pairs}: need at least 2 training pairs, found {len(train)}")
     tok = get_tokenizer()
     passages = sorted({p["passage"] for p in train})
     if corpus:
-        from dnfbot.corpus import load_corpus
-        from dnfbot.corpus.chunking import chunk_documents
+        from dnfbot.config import ChunkSettings
+        from dnfbot.corpus import load_chunks
         from dnfbot.retrieval.dense import passage_text
 
-        docs, _ = load_corpus(corpus)
-        idf_texts = [passage_text(c) for c in chunk_documents(docs, chunk_size, chunk_overlap)]
+        idf_texts = [passage_text(c) for c in load_chunks(corpus, chunk or ChunkSettings()).chunks]
     else:
         idf_texts = passages
     pfeat = dict(zip(passages, features(tok, passages), strict=True))
@@ -206,8 +218,10 @@ def train_static(
             q, p = embed([q_ids[i] for i in idx]), embed([p_ids[i] for i in idx])
             logits = scale * q @ p.T
             target = torch.arange(len(idx))
-            loss = (torch.nn.functional.cross_entropy(logits, target)
-                    + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+            loss = (
+                torch.nn.functional.cross_entropy(logits, target)
+                + torch.nn.functional.cross_entropy(logits.T, target)
+            ) / 2
             opt.zero_grad()
             loss.backward()
             opt.step()

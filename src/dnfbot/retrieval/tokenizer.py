@@ -14,6 +14,8 @@ import re
 import threading
 from collections.abc import Iterable
 
+from dnfbot.corpus.aliases import is_question_word
+
 KEEP_TAGS = frozenset({"NNG", "NNP", "NR", "SN", "SL", "SH", "XR", "VV", "VA", "W_HASHTAG"})
 SHORT_DROP_TAGS = frozenset({"VV", "VA", "XR"})  # one-syllable stems (되, 하, 좋) carry little meaning
 # How questions are phrased, not what they ask about: "알려줘", "궁금해", "어떻게 해?" — words that a guide
@@ -44,7 +46,7 @@ ASKING_WORDS = frozenset(
         "보",
     }
 )
-TOKENIZER_VERSION = "kiwi-content-v4"
+TOKENIZER_VERSION = "kiwi-content-v5"
 
 _EXTRA_NOUNS = (
     "아스라한",
@@ -96,17 +98,44 @@ class KoreanTokenizer:
         return self._tokenize(text)
 
     def _tokenize(self, text: str) -> list[str]:
+        return [form for form, _ in self._tagged(text)]
+
+    def glued_sentence_ends(self, text: str) -> int:
+        """How many times a final ending (Kiwi tag EF) runs straight into the next word ("있습니다무의장막"):
+        an independent check of cleaning's glued-sentence repair, used by `dnfbot eval answers`."""
         with self._lock:
-            return _keep(self._kiwi.tokenize(text))
+            toks = self._kiwi.tokenize(text)
+        return sum(
+            1
+            for a, b in zip(toks, toks[1:], strict=False)
+            if a.tag == "EF"
+            and a.start + a.len == b.start
+            and b.tag[:1] in "NVMX"
+            and b.tag not in ("XSN", "XSV", "XSA")
+        )
+
+    def tokenize_tagged(self, text: str) -> list[tuple[str, str]]:
+        """(term, Kiwi tag) for the same terms as tokenize: the gate weighs names above verbs."""
+        return list(self._cached_tagged(text)) if len(text) <= _CACHE_MAX_CHARS else self._tagged(text)
+
+    def _tagged(self, text: str) -> list[tuple[str, str]]:
+        with self._lock:
+            toks = self._kiwi.tokenize(text)
+        return [(_norm(t.form), t.tag.split("-")[0]) for t in toks if _wanted(t)]
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one tokenizer per process, kept for its lifetime
+    def _cached_tagged(self, text: str) -> tuple[tuple[str, str], ...]:
+        return tuple(self._tagged(text))
 
     @staticmethod
     def clear_cache() -> None:
         """Forget cached query tokens (benchmarks time cold queries)."""
         KoreanTokenizer._cached.cache_clear()
+        KoreanTokenizer._cached_tagged.cache_clear()
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one tokenizer per process, kept for its lifetime
     def _cached(self, text: str) -> tuple[str, ...]:
-        return tuple(self._tokenize(text))
+        return tuple(form for form, _ in self.tokenize_tagged(text))
 
     def tokenize_many(self, texts: list[str]) -> list[list[str]]:
         """Batch tokenization on Kiwi's worker threads."""
@@ -114,18 +143,12 @@ class KoreanTokenizer:
             return [_keep(tokens) for tokens in self._kiwi.tokenize(texts)]
 
     def tokenize_spans_many(self, texts: list[str]) -> list[list[tuple[str, int, int]]]:
-        """Batch version of tokenize_spans, on Kiwi's worker threads."""
+        """(token, start, end) per kept token of each text — for mapping tokens onto sentences; Kiwi's threads."""
         with self._lock:
             return [
                 [(_norm(t.form), t.start, t.start + t.len) for t in toks if _wanted(t)]
                 for toks in self._kiwi.tokenize(texts)
             ]
-
-    def tokenize_spans(self, text: str) -> list[tuple[str, int, int]]:
-        """(token, start, end) — for mapping tokens back onto sentences."""
-        with self._lock:
-            toks = self._kiwi.tokenize(text)
-        return [(_norm(t.form), t.start, t.start + t.len) for t in toks if _wanted(t)]
 
 
 def _norm(form: str) -> str:
@@ -143,6 +166,7 @@ def _wanted(tok) -> bool:
         hit = (
             tag in KEEP_TAGS
             and tok.form not in ASKING_WORDS
+            and not is_question_word(tok.form)
             and not (tag in SHORT_DROP_TAGS and len(tok.form) < 2)
         )
         _WANTED_CACHE[key] = hit
@@ -154,9 +178,12 @@ def _keep(tokens: Iterable) -> list[str]:
 
 
 def _user_words() -> list[str]:
+    """Class and dungeon names, and every slang key and guide wording ("공속", "명성", "뎀감"): Kiwi would
+    otherwise cut them ("공"+"속", "명"+"성") differently in a question than in the guides."""
+    from dnfbot.corpus.aliases import user_words
     from dnfbot.corpus.categories import table
 
-    words = set()
+    words = set(user_words())
     for c in table().classes:
         for term in c.terms:
             words.update(w for w in re.split(r"[\s()/]+", term) if len(w) >= 2)

@@ -1,4 +1,4 @@
-"""The web chat page, run by `dnfbot ui` (Streamlit, as the original project's page).
+"""The web chat page, run by `dnfbot ui` (Streamlit: a chat page in one Python file, no front-end build).
 
 Sidebar: category pickers (공략 → 레이드/레기온/기타 던전 → a dungeon; 장비 → a board; 직업 → a class) that
 become retrieval filters, and the back-end selector. Main: the conversation, answers streamed as they are
@@ -15,12 +15,11 @@ import sys
 import streamlit as st
 
 from dnfbot import NO_INFO_ANSWER
+from dnfbot.corpus.vocabulary import CATEGORY1, CATEGORY2
 from dnfbot.errors import DnfbotError
 from dnfbot.rag import is_refusal
 from dnfbot.serve.ui_support import (
     ALL,
-    CATEGORY1,
-    CATEGORY2,
     backend_label,
     board_label,
     category_tree,

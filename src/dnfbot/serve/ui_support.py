@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from dnfbot.corpus.vocabulary import CATEGORY2
 from dnfbot.retrieval.sparse import Filters
 
 ALL = "전체"
-CATEGORY1 = ("공략", "장비", "직업")
-CATEGORY2 = ("레이드", "레기온", "기타 던전")
 BACKEND_LABELS = {
     "extractive": "발췌형 — 공략 원문에서 문장을 골라 답합니다 (모델 없음)",
     "hf": "로컬 언어 모델",

@@ -5,6 +5,7 @@ HTTP 429, 5xx, timeouts and connection errors, with exponential backoff and jitt
 (delay_n = min(cap, base * 2**n), slept as uniform(delay_n / 2, delay_n)); a server's Retry-After
 (or retry-after-ms) is honoured as a floor and pauses every worker, not just the one that got the 429.
 401/403/404 stop the whole job (every request would fail the same way); other 4xx reject one passage.
+Which URL and key: generate/endpoints.py, the policy the `openai` answer back end follows too.
 """
 
 from __future__ import annotations
@@ -15,21 +16,23 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
 
 from dnfbot.errors import InputError
+from dnfbot.options import option
 
-LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "[::1]"}
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MAX_RETRY_AFTER = 600.0  # seconds; a longer Retry-After is capped rather than stalling the job for hours
 
 
 @dataclass
 class RetryPolicy:
-    max_retries: int = 6  # per request, for 429 / 5xx / timeout / connection errors
-    backoff: float = 1.0  # base delay in seconds
-    max_backoff: float = 60.0
-    timeout: float = 120.0  # seconds per request
+    max_retries: int = option(6, "retries per request on 429/5xx/timeouts/connection errors")
+    backoff: float = option(1.0, "base backoff in seconds (doubles per retry, with jitter)")
+    max_backoff: float = option(60.0, "longest backoff in seconds")
+    timeout: float = option(120.0, "seconds per request")
+
+    def validate(self) -> None:
+        if self.timeout <= 0 or self.backoff < 0 or self.max_retries < 0:
+            raise InputError("--timeout must be positive; --backoff, --max-retries >= 0")
 
     def delay(self, retry: int, rng: random.Random) -> float:
         d = min(self.max_backoff, self.backoff * 2**retry)
@@ -71,32 +74,6 @@ def require_openai() -> None:
             "the openai back end needs the 'openai' package: pip install 'dnfbot[synth]' "
             "(or use --backend extractive)"
         )
-
-
-def is_local(base_url: str) -> bool:
-    host = (urlparse(base_url).hostname or "").lower()
-    return host in LOCAL_HOSTS or host.startswith("127.")
-
-
-def resolve_base_url(base_url: str | None) -> str:
-    import os
-
-    return (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-
-
-def resolve_api_key(base_url: str) -> str:
-    """OPENAI_API_KEY from the environment; required for a remote server, optional for a local one."""
-    import os
-
-    key = os.environ.get("OPENAI_API_KEY", "").strip()
-    if key:
-        return key
-    if is_local(base_url):
-        return "not-needed"  # local servers ignore it, but the client wants a non-empty key
-    raise InputError(
-        f"OPENAI_API_KEY is not set; it is required for {base_url} "
-        "(export it, or point --base-url at a local server)"
-    )
 
 
 def parse_retry_after(headers) -> float | None:

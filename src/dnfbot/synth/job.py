@@ -23,6 +23,7 @@ from pathlib import Path
 from dnfbot.corpus.chunking import Chunk
 from dnfbot.errors import InputError
 from dnfbot.io import JsonlAppender, iter_jsonl
+from dnfbot.options import option
 from dnfbot.synth import extractive
 from dnfbot.synth.client import RetryPolicy
 from dnfbot.synth.cost import estimate_prompt_tokens, estimate_tokens, load_prices
@@ -50,29 +51,51 @@ RETRY_KINDS = ("http_429", "http_5xx", "timeout", "connection", "invalid_reply")
 
 @dataclass
 class SynthOptions:
-    out: Path
-    backend: str = "openai"
-    model: str = "gpt-3.5-turbo"
-    long_model: str | None = "gpt-4-1106-preview"
-    context_limit: int = 4096  # tokens the first model accepts (prompt + reply); gpt-3.5-turbo's original 4k
-    max_tokens: int = 1024  # reply budget per request
-    temperature: float = 0.7  # some randomness, so that a retried invalid reply can come out differently
-    template: Path | None = None
-    base_url: str | None = None
-    max_concurrency: int = 8
-    policy: RetryPolicy = field(default_factory=RetryPolicy)
-    max_invalid_retries: int = 2  # extra requests for a reply that fails validation
-    max_failures: int = 10  # this many passages failing on the server in a row stops the job
-    limit: int | None = None
-    retry_rejects: bool = False
-    prices: Path | None = None
-    chunk_size: int = 3000
-    chunk_overlap: int = 250
-    show_progress: bool = True
-    seed: int | None = None  # backoff jitter (tests)
+    """`dnfbot synth qa`'s options; the retry policy's are in RetryPolicy (synth/client.py)."""
+
+    out: Path = option(help="output JSONL (appended; re-runs skip finished passages)")
+    backend: str = option("openai", "openai (any OpenAI-compatible server) | extractive (offline)")
+    model: str = option("gpt-3.5-turbo", "model for passages that fit --context-limit")
+    long_model: str | None = option("gpt-4-1106-preview", "model for longer passages ('' = always --model)")
+    # gpt-3.5-turbo's original 4k context
+    context_limit: int = option(4096, "tokens --model accepts (prompt estimate + --max-tokens)")
+    max_tokens: int = option(1024, "reply budget per request")
+    # some randomness, so that a retried invalid reply can come out differently
+    temperature: float = option(0.7, "sampling temperature")
+    template: Path | None = option(None, "prompt template file (default: the packaged synth_qa.txt)")
+    base_url: str | None = option(
+        None, "server URL (else OPENAI_BASE_URL, else api.openai.com); key from OPENAI_API_KEY"
+    )
+    max_concurrency: int = option(8, "requests in flight")
+    max_invalid_retries: int = option(2, "new requests for a reply that fails validation")
+    max_failures: int = option(10, "stop after this many passages in a row fail on the server")
+    limit: int | None = option(None, "only the first N passages")
+    retry_rejects: bool = option(False, "also redo passages rejected for their content")
+    prices: Path | None = option(None, "price table YAML (default: packaged + $DNFBOT_HOME/prices.yaml)")
+    chunk_size: int = option(3000, "characters per passage (the CLI's default: the config's chunk.size)")
+    chunk_overlap: int = option(250, "characters shared by neighbouring passages (default: chunk.overlap)")
+    show_progress: bool = option(True, "progress bar on stderr", flag="--progress/--no-progress")
+    policy: RetryPolicy = option(help="retries, backoff and timeout", cli=False, factory=RetryPolicy)
+    seed: int | None = option(None, "backoff jitter (tests)", cli=False)
     # Processes that validate replies (Kiwi holds the GIL, so a thread would stall the HTTP loop).
     # None = auto: none (a thread) for small jobs, else up to 4 with one core left for the event loop.
-    parse_workers: int | None = None
+    parse_workers: int | None = option(None, "reply-validation processes (None: auto)", cli=False)
+
+    def validate(self) -> None:
+        for flag, value in (
+            ("--max-tokens", self.max_tokens),
+            ("--context-limit", self.context_limit),
+            ("--max-failures", self.max_failures),
+            ("--max-concurrency", self.max_concurrency),
+        ):
+            if value < 1:
+                raise InputError(f"{flag} must be at least 1")
+        if self.max_invalid_retries < 0:
+            raise InputError("--max-invalid-retries must be >= 0")
+        if self.backend not in BACKENDS:
+            raise InputError(f"unknown --backend '{self.backend}' (choose from {', '.join(BACKENDS)})")
+        self.long_model = self.long_model or None
+        self.policy.validate()
 
 
 @dataclass
@@ -109,14 +132,18 @@ def _hash(*parts: str) -> str:
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()[:24]
 
 
-def load_chunks(corpus: list[str | Path], size: int, overlap: int) -> list[Chunk]:
-    from dnfbot.corpus import load_corpus
-    from dnfbot.corpus.chunking import chunk_documents
+def passages(corpus: list[str | Path], opts: SynthOptions) -> list[Chunk]:
+    """The corpus's chunks, cut as the index cuts them (the same chunk ids)."""
+    from pydantic import ValidationError
 
-    if overlap >= size:
-        raise InputError(f"--chunk-overlap ({overlap}) must be smaller than --chunk-size ({size})")
-    docs, _ = load_corpus([str(p) for p in corpus])
-    return chunk_documents(docs, size, overlap)
+    from dnfbot.config import ChunkSettings, validation_message
+    from dnfbot.corpus import load_chunks
+
+    try:
+        chunk = ChunkSettings(size=opts.chunk_size, overlap=opts.chunk_overlap)
+    except ValidationError as e:
+        raise InputError(f"--chunk-size/--chunk-overlap: {validation_message(e)}") from None
+    return load_chunks(corpus, chunk).chunks
 
 
 def plan(chunks: list[Chunk], opts: SynthOptions, template: PromptTemplate | None) -> tuple[list[Task], int]:
@@ -187,8 +214,9 @@ class _Writer:
 
 def dry_run(opts: SynthOptions, corpus: list[str | Path]) -> dict:
     """The first prompt and a cost estimate (prompt tokens estimated offline, replies at --max-tokens)."""
+    opts.validate()
     template = None if opts.backend == "extractive" else load_template(opts.template)
-    tasks, dups = plan(load_chunks(corpus, opts.chunk_size, opts.chunk_overlap), opts, template)
+    tasks, dups = plan(passages(corpus, opts), opts, template)
     done, skip = finished_keys(opts.out, opts.retry_rejects)
     todo = [t for t in tasks if t.key not in done and t.key not in skip]
     prices = load_prices(opts.prices)
@@ -222,21 +250,19 @@ def dry_run(opts: SynthOptions, corpus: list[str | Path]) -> dict:
 
 def run_synth(opts: SynthOptions, corpus: list[str | Path]) -> dict:
     """Run the job to the end (or until a fatal error); returns the summary."""
-    if opts.backend not in BACKENDS:
-        raise InputError(f"unknown --backend '{opts.backend}' (choose from {', '.join(BACKENDS)})")
-    if opts.max_concurrency < 1:
-        raise InputError("--max-concurrency must be at least 1")
+    opts.validate()
     client_args = None
     template = None
     if opts.backend == "openai":
-        from dnfbot.synth.client import require_openai, resolve_api_key, resolve_base_url
+        from dnfbot.generate.endpoints import resolve_api_key, resolve_base_url
+        from dnfbot.synth.client import require_openai
 
         require_openai()
         template = load_template(opts.template)
         base_url = resolve_base_url(opts.base_url)
         client_args = (base_url, resolve_api_key(base_url))  # fail on a missing key before any work
     prices = load_prices(opts.prices)
-    tasks, dups = plan(load_chunks(corpus, opts.chunk_size, opts.chunk_overlap), opts, template)
+    tasks, dups = plan(passages(corpus, opts), opts, template)
     done, skip = finished_keys(opts.out, opts.retry_rejects)
     todo = [t for t in tasks if t.key not in done and t.key not in skip]
     workers = _parse_workers(opts, len(todo))
@@ -409,7 +435,7 @@ class _Progress:
 
     def __enter__(self):
         if self.enabled:
-            from dnfbot.cli_util import progress
+            from dnfbot.console import progress
 
             self._p = progress()
             self._p.__enter__()

@@ -1,7 +1,8 @@
 """Parse and validate a synthesis reply: 질문 / 장문 / 중문 / 단문 separated by ###.
 
-Rules (the original project's): all four parts present once and non-empty, written in Korean; the long
-answer has 5 or more sentences, the medium one at most 3, the short one exactly 1. Sentences are counted with
+Rules: all four parts present once and non-empty, written in Korean; the long answer has 5 or more sentences,
+the medium one at most 3, the short one exactly 1 — so that the three lengths really differ, which is what
+`data rm` ranks. Sentences are counted with
 Kiwi's sentence splitter (one instance, created on first use and shared). An invalid reply raises
 InvalidReply with a one-line reason, which the job retries and finally writes to the rejects file.
 """
@@ -56,10 +57,6 @@ def get_kiwi():
                 kiwi.split_into_sents("준비합니다. 시작합니다.")
                 _kiwi = kiwi
     return _kiwi
-
-
-def count_sentences(text: str) -> int:
-    return len(get_kiwi().split_into_sents(text))
 
 
 def is_korean(text: str) -> bool:

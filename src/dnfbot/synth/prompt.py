@@ -1,8 +1,8 @@
 """The synthesis prompt: an editable template file with a [system] and a [user] section.
 
-The packaged template (dnfbot/prompts/synth_qa.txt) asks, as the original project did, for a summary of the
-passage as one question plus a long (5+ sentences), medium (<= 3) and short (exactly 1) answer in Korean,
-labelled 질문 / 장문 / 중문 / 단문 and separated by ###. Only {subject} and {passage} are substituted, in one
+The packaged template (dnfbot/prompts/synth_qa.txt) asks for a summary of the passage as one question plus a
+long (5+ sentences), medium (<= 3) and short (exactly 1) answer in Korean, labelled 질문 / 장문 / 중문 / 단문 and
+separated by ###: three lengths of one answer are what `data rm` ranks (long > medium > short). Only {subject} and {passage} are substituted, in one
 pass, so braces in a passage or elsewhere in the template are left as they are.
 """
 

@@ -1,5 +1,6 @@
-"""What every training stage shares: options from YAML + flags, data loading, prompt/completion split, the
+"""What every training stage shares: data loading, a Trainer stage's start and finish (start_run/finish_run), the
 metrics JSONL, progress lines, resume from the last complete checkpoint, the run summary and the model card.
+Options and the run-config schema: train/options.py; the prompt format: formats.py.
 
 Kept free of torch at import time except for `MetricsCallback` (a transformers TrainerCallback), which is built
 on first use, so PPO or any hand-written loop can use `MetricsWriter` alone.
@@ -8,59 +9,27 @@ Output layout of a run directory (SFT, RM; PPO may follow it):
     metrics.jsonl       one JSON object per log event: {"step", "loss", "lr", "tokens_per_s", "eta_s", ...};
                         append-only: a resumed run appends {"event": "resume", "step": N} and re-logs from N+1
                         (readers keep the last record of each step)
-    summary.json        the run summary that `--json` prints
+    summary.json        the run summary that `--json` prints, plus "config": the resolved options as a run config
+                        (`--config summary.json` repeats the run)
     README.md           model card: base model, data, hyper-parameters, final metrics
     checkpoint-N/       Trainer checkpoints (resume from the newest complete one)
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
+import contextlib
 import json
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dnfbot.errors import InputError
-from dnfbot.formats import ANSWER_TAG, EOS, format_prompt
-from dnfbot.io import JsonlAppender, atomic_write_json, atomic_write_text, iter_jsonl, read_text
-
-# --- prompts ---------------------------------------------------------------------------------------------------
-
-
-def model_prompt(prompt_or_question: str) -> str:
-    """The text the model is conditioned on: '### 질문: {q}\\n\\n### 답변:' (no trailing space).
-
-    Accepts a bare question or an already formatted prompt. The trailing space of `format_prompt` is dropped
-    because the byte-level BPE glues a space onto the next word (' 네'): training on 'prompt:' + ' answer' and
-    generating from 'prompt:' keep the token boundary the same at training and inference time."""
-    text = (
-        prompt_or_question if ANSWER_TAG.strip() in prompt_or_question else format_prompt(prompt_or_question)
-    )
-    return text.rstrip()
-
-
-def split_prompt_completion(prompt: str, completion: str) -> tuple[str, str]:
-    """(prompt, completion) with the whitespace at the boundary moved onto the completion (see model_prompt)."""
-    p = model_prompt(prompt)
-    c = completion.strip()
-    if c.endswith(EOS):
-        c = c[: -len(EOS)].rstrip()
-    return p, " " + c
-
-
-def split_text_record(text: str) -> tuple[str, str] | None:
-    """'### 질문: q\\n\\n### 답변: a<|endoftext|>' → (prompt, answer), or None when the text has no answer tag."""
-    tag = ANSWER_TAG.strip()
-    i = text.find(tag)
-    if i < 0:
-        return None
-    return text[: i + len(tag)], text[i + len(tag) :]
-
+from dnfbot.formats import split_text_record
+from dnfbot.io import JsonlAppender, atomic_write_json, atomic_write_text, iter_jsonl, iter_records
 
 # --- data ------------------------------------------------------------------------------------------------------
 
@@ -70,19 +39,9 @@ def load_records(path: str | os.PathLike, fields: Iterable[str], *, limit: int |
 
     SFT records without "prompt"/"completion" but with a "text" in the prompt format are split on the answer
     tag; {"question", "answer"} records map to prompt/completion. Errors name the file and line."""
-    path = Path(path)
     fields = list(fields)
-    if path.suffix == ".json":
-        raw = json.loads(read_text(path))
-        if not isinstance(raw, list):
-            raise InputError(f"{path}: expected a JSON array of objects (or use .jsonl)")
-        rows: Iterable[tuple[int, dict]] = enumerate(raw, start=1)
-    else:
-        rows = enumerate(iter_jsonl(path), start=1)
     out: list[dict] = []
-    for i, rec in rows:
-        if not isinstance(rec, dict):
-            raise InputError(f"{path}:{i}: expected a JSON object")
+    for where, rec in iter_records(path):
         if (
             "prompt" in fields
             and "completion" in fields
@@ -101,7 +60,7 @@ def load_records(path: str | os.PathLike, fields: Iterable[str], *, limit: int |
             v = rec.get(f)
             if not isinstance(v, str) or not v.strip():
                 raise InputError(
-                    f"{path}:{i}: missing or empty field '{f}' (each record needs {', '.join(fields)})"
+                    f"{where}: missing or empty field '{f}' (each record needs {', '.join(fields)})"
                 )
         out.append(rec)
         if limit is not None and len(out) >= limit:
@@ -111,75 +70,133 @@ def load_records(path: str | os.PathLike, fields: Iterable[str], *, limit: int |
     return out
 
 
-def hash_split(records: list[dict], key: str, valid_fraction: float) -> tuple[list[dict], list[dict]]:
-    """(train, valid): records marked split=valid/validation/test go to valid; otherwise a stable hash of `key`
-    picks `valid_fraction` of them. Small sets (where that rounds to 0) keep everything for training."""
-    marked = [
-        r for r in records if str(r.get("split", "")).lower() in ("valid", "validation", "test", "eval")
-    ]
-    if marked:
-        return [r for r in records if r not in marked], marked
-    n_valid = int(len(records) * valid_fraction)
-    if n_valid == 0:
-        return records, []
-
-    def h(r: dict) -> str:
-        return hashlib.sha256(str(r.get(key, "")).encode("utf-8")).hexdigest()
-
-    order = sorted(range(len(records)), key=lambda i: h(records[i]))
-    valid_idx = set(order[:n_valid])
-    return [r for i, r in enumerate(records) if i not in valid_idx], [records[i] for i in sorted(valid_idx)]
+# --- a Trainer stage from start to finish (SFT and the reward model) ------------------------------------------
 
 
-# --- options ---------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """What a Trainer stage starts from: its data split, run dir and checkpoint, and base + fresh LoRA."""
+
+    stage: str
+    out: Path
+    data: str
+    options: Any
+    train: list[dict]
+    valid: list[dict]
+    checkpoint: Path | None
+    model: Any  # PeftModel
+    tokenizer: Any
+    writer: MetricsWriter
+    callback: Any
+    started: float = 0.0
+
+    @property
+    def resume_from(self) -> str | None:
+        return str(self.checkpoint) if self.checkpoint else None
+
+    @contextlib.contextmanager
+    def training(self) -> Iterator[None]:
+        """Around trainer.train(): the clock, and the metrics file closed however training ends."""
+        self.started = time.time()
+        try:
+            yield
+        finally:
+            self.writer.close()
 
 
-def load_yaml_config(path: str | os.PathLike | None) -> dict:
-    if path is None:
-        return {}
-    import yaml
+def start_run(
+    stage: str,
+    model: str,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    opts: Any,
+    *,
+    fields: Iterable[str],
+    task: str,
+    eval_data: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    echo: bool = True,
+) -> Run:
+    """Data (the file's split honoured, or `eval_data`), run dir, and the base model with a fresh LoRA adapter.
 
-    try:
-        data = yaml.safe_load(read_text(path)) or {}
-    except yaml.YAMLError as e:
-        raise InputError(f"{path}: malformed YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a mapping at the top level")
-    return data
+    resume: continue from the last complete checkpoint in `out`; overwrite: delete earlier checkpoints first;
+    echo: progress lines on stderr."""
+    from dnfbot.datasets.splits import train_valid
+    from dnfbot.models import add_lora, default_lora_config, load_model
+
+    opts.model = str(model)
+    set_threads(opts.threads)
+    out = Path(out)
+    records = load_records(data, fields, limit=opts.limit)
+    if eval_data is not None:
+        train, valid = records, load_records(eval_data, fields)
+    else:
+        split = train_valid(records, opts.valid_fraction)
+        train, valid = split.train, split.valid
+        if split.note and echo:
+            from dnfbot.console import console
+
+            console.print(f"[yellow]{data}: {split.note}")
+    ckpt = prepare_output_dir(out, resume=resume, overwrite=overwrite)
+    base, tok = load_model(
+        model,
+        task=task,
+        load_in_4bit=opts.load_in_4bit,
+        trust_remote_code=opts.trust_remote_code,
+        dtype=opts.dtype,
+    )
+    lora = default_lora_config(
+        base.config,
+        task,
+        r=opts.lora_r,
+        alpha=opts.lora_alpha,
+        dropout=opts.lora_dropout,
+        target_modules=opts.lora_targets,
+        modules_to_save=opts.lora_modules_to_save,
+    )
+    peft_model = add_lora(base, lora, task=task, gradient_checkpointing=opts.gradient_checkpointing)
+    writer = MetricsWriter(out / "metrics.jsonl", echo=echo)
+    return Run(
+        stage, out, str(data), opts, train, valid, ckpt, peft_model, tok, writer, metrics_callback(writer)
+    )
 
 
-def flatten_config(data: dict, stage: str, *, path: str | os.PathLike | None = None) -> dict:
-    """A YAML run config → flat option names for one stage: top-level keys (model, load_in_4bit, ...), the `lora`
-    section as lora_* and the stage's own section (`sft`, `rm`, `generate`) win in that order."""
-    stage_sections = {"sft", "rm", "ppo", "generate", "accelerate", "notes", "bench"}
-    flat: dict[str, Any] = {}
-    for k, v in data.items():
-        if k == "lora":
-            if not isinstance(v, dict):
-                raise InputError(f"{path}: 'lora' must be a mapping")
-            flat.update({f"lora_{kk}": vv for kk, vv in v.items()})
-        elif k not in stage_sections:
-            flat[k] = v
-    section = data.get(stage) or {}
-    if not isinstance(section, dict):
-        raise InputError(f"{path}: '{stage}' must be a mapping")
-    flat.update(section)
-    return flat
+def finish_run(run: Run, trainer: Any, result: Any, metrics: dict, *, title: str, usage: str) -> dict:
+    """Save the adapter, then write summary.json (with the resolved options as a run config) and the model card.
+    Returns the summary (what `--json` prints, without "config")."""
+    from dnfbot.models import count_parameters
+    from dnfbot.options import as_dict
+    from dnfbot.train.options import run_config
 
-
-def merge_options(cls: type, config: dict, overrides: dict, *, path: str | os.PathLike | None = None) -> Any:
-    """Dataclass `cls` from its defaults, then `config` (flat YAML), then `overrides` that are not None."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    for k, v in config.items():
-        if k not in names:
-            raise InputError(f"{path or 'config'}: unknown option '{k}' (known: {', '.join(sorted(names))})")
-        values[k] = v
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return cls(**values)
-    except TypeError as e:
-        raise InputError(f"{path or 'config'}: {e}") from None
+    save_final(trainer, run.out)  # adapter (+ head) + tokenizer
+    losses = [r["loss"] for r in read_metrics(run.out / "metrics.jsonl") if "loss" in r]
+    trainable, total = count_parameters(run.model)
+    opts = run.options
+    summary = {
+        "stage": run.stage,
+        "output_dir": str(run.out),
+        "model": opts.model,
+        "data": run.data,
+        "train_records": len(run.train),
+        "valid_records": len(run.valid),
+        "steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0.0, 4),
+        "resumed_from_step": checkpoint_step(run.checkpoint) if run.checkpoint else None,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "train_loss": result.training_loss,
+        **metrics,
+        "train_runtime_s": round(result.metrics.get("train_runtime") or time.time() - run.started, 2),
+        "trainable_params": trainable,
+        "total_params": total,
+        "load_in_4bit": opts.load_in_4bit,
+        "config": run_config(run.stage, opts),
+    }
+    write_summary(run.out, summary)
+    card_options = {k: v for k, v in as_dict(opts).items() if k != "extra"}
+    write_model_card(run.out, title=title, summary=summary, options=card_options, usage=usage)
+    return {k: v for k, v in summary.items() if k != "config"}
 
 
 # --- metrics ---------------------------------------------------------------------------------------------------
@@ -216,7 +233,7 @@ class MetricsWriter:
         self._out.write({"event": name, "time": round(time.time(), 3), **values})
 
     def _print(self, rec: dict) -> None:
-        from dnfbot.cli_util import console
+        from dnfbot.console import console
 
         parts = [f"step {rec['step']}" + (f"/{self.total_steps}" if self.total_steps else "")]
         for k in ("loss", "eval_loss", "eval_accuracy", "accuracy", "reward", "kl", "lr", "tokens_per_s"):
@@ -327,6 +344,32 @@ def training_args(opts: Any, out: str | os.PathLike, *, has_eval: bool) -> dict:
         disable_tqdm=True,
         **opts.extra,
     )
+
+
+def trl_trainer(
+    trainer_cls: Any,
+    config_cls: Any,
+    model: Any,
+    tokenizer: Any,
+    train_ds: Any,
+    eval_ds: Any,
+    out: str | os.PathLike,
+    opts: Any,
+    callbacks: list | tuple = (),
+    **config: Any,
+) -> Any:
+    """A TRL trainer (SFT, reward) with our options and the stage's own config keys, quiet on stdout."""
+    args = config_cls(**training_args(opts, out, has_eval=eval_ds is not None), **config)
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+    quiet_trainer(trainer)
+    return trainer
 
 
 def quiet_trainer(trainer: Any) -> None:

@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dnfbot.datasets.pairs import load_pairs
 from dnfbot.errors import InputError
 from dnfbot.io import atomic_write_json, iter_jsonl
 
@@ -149,19 +150,6 @@ class EmbedTrainConfig:
     freeze_embeddings: bool = False
     gradient_checkpointing: bool = False
     max_steps: int | None = None
-
-
-def load_pairs(path: str | Path, split: str | None = None) -> list[dict]:
-    """Pairs from `dnfbot data pairs`; `split` keeps only records of that split (records without one count as
-    train)."""
-    out = []
-    for i, r in enumerate(iter_jsonl(path), start=1):
-        for f in ("query", "passage", "chunk_id"):
-            if not isinstance(r.get(f), str) or not r[f].strip():
-                raise InputError(f"{path}: record {i}: missing or empty field '{f}'")
-        if split is None or r.get("split", "train") == split:
-            out.append(r)
-    return out
 
 
 def mine_bm25_negatives(pairs: list[dict], index) -> list[str | None]:

@@ -16,64 +16,25 @@ pairs with their chosen/rejected scores at the end of training — reloading the
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dnfbot.formats import EOS
+from dnfbot.formats import EOS, split_prompt_completion
 from dnfbot.io import write_jsonl
-from dnfbot.train.common import (
-    MetricsWriter,
-    checkpoint_step,
-    hash_split,
-    load_records,
-    metrics_callback,
-    prepare_output_dir,
-    quiet_trainer,
-    read_metrics,
-    save_final,
-    set_threads,
-    split_prompt_completion,
-    training_args,
-    write_model_card,
-    write_summary,
-)
+from dnfbot.train.common import finish_run, start_run, trl_trainer
+from dnfbot.train.options import RMOptions
+
+__all__ = [
+    "PAIR_FIELDS",
+    "RMOptions",
+    "pair_texts",
+    "pairwise_accuracy",
+    "run_reward",
+    "score_file",
+    "score_pairs",
+]
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
-
-
-@dataclass
-class RMOptions:
-    model: str | None = None
-    load_in_4bit: bool = False
-    trust_remote_code: bool = False
-    dtype: str | None = None
-    lora_r: int = 8
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: list[str] | str | None = None
-    lr: float = 1e-4
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 4  # pairs per step (2x sequences)
-    grad_accum: int = 1
-    max_length: int = 512  # longer pairs are dropped (TRL's RewardTrainer filters, it does not truncate)
-    gradient_checkpointing: bool = False
-    warmup_steps: int = 0
-    lr_scheduler: str = "linear"
-    weight_decay: float = 0.0
-    optim: str = "adamw_torch"
-    center_rewards_coefficient: float | None = None  # e.g. 0.01 keeps rewards centred on 0 (useful for PPO)
-    logging_steps: int = 10
-    save_steps: int = 200
-    save_total_limit: int = 2
-    eval_steps: int | None = None
-    valid_fraction: float = 0.1
-    limit: int | None = None
-    seed: int = 42
-    threads: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # passed through to TRL's RewardConfig
 
 
 def pair_texts(prompt: str, response: str, eos: str = EOS) -> str:
@@ -146,144 +107,94 @@ def pairwise_accuracy(model: Any, tokenizer: Any, records: list[dict], *, batch_
     }
 
 
-def make_trainer(
-    model: Any,
-    tokenizer: Any,
-    train_ds: Any,
-    eval_ds: Any,
-    out: Path,
-    opts: RMOptions,
-    *,
-    callbacks: list | tuple = (),
-) -> Any:
-    from trl import RewardConfig, RewardTrainer
-
-    args = RewardConfig(
-        **training_args(opts, out, has_eval=eval_ds is not None),
-        center_rewards_coefficient=opts.center_rewards_coefficient,
-    )
-    trainer = RewardTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        callbacks=list(callbacks),
-    )
-    quiet_trainer(trainer)
-    return trainer
-
-
 def run_reward(
     model: str,
     data: str | os.PathLike,
     out: str | os.PathLike,
     *,
     options: RMOptions | None = None,
-    eval_data: str | os.PathLike | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
     callbacks: list | tuple = (),
-    echo: bool = True,
+    **run_args: Any,
 ) -> dict:
     """Train a reward-model LoRA adapter on {"prompt","chosen","rejected"} pairs; returns the run summary.
 
-    Validation pairs: `eval_data`, else records marked "split": "valid", else a stable hash split of the prompts
-    (`valid_fraction`). The summary's `valid_accuracy` is the share of validation pairs ranked chosen > rejected."""
-    from dnfbot.models import add_lora, count_parameters, default_lora_config, load_model
+    run_args: eval_data, resume, overwrite, echo (see train.common.start_run). Validation pairs: `eval_data`,
+    else the file's split (datasets/splits.py). The summary's `valid_accuracy` is the share of validation pairs
+    ranked chosen > rejected."""
+    from trl import RewardConfig, RewardTrainer
 
     opts = options or RMOptions()
-    opts.model = str(model)
-    set_threads(opts.threads)
-    out = Path(out)
-    records = load_records(data, PAIR_FIELDS, limit=opts.limit)
-    if eval_data is not None:
-        train_recs, valid_recs = records, load_records(eval_data, PAIR_FIELDS)
-    else:
-        train_recs, valid_recs = hash_split(records, "prompt", opts.valid_fraction)
-    ckpt = prepare_output_dir(out, resume=resume, overwrite=overwrite)
-
-    base, tok = load_model(
-        model,
-        task="seq-cls",
-        load_in_4bit=opts.load_in_4bit,
-        trust_remote_code=opts.trust_remote_code,
-        dtype=opts.dtype,
-    )
-    lora = default_lora_config(
-        base.config,
-        "seq-cls",
-        r=opts.lora_r,
-        alpha=opts.lora_alpha,
-        dropout=opts.lora_dropout,
-        target_modules=opts.lora_targets,
-    )
-    peft_model = add_lora(base, lora, task="seq-cls", gradient_checkpointing=opts.gradient_checkpointing)
-    trainable, total = count_parameters(peft_model)
-
-    writer = MetricsWriter(out / "metrics.jsonl", echo=echo)
+    run = start_run("rm", model, data, out, opts, fields=PAIR_FIELDS, task="seq-cls", **run_args)
+    tok = run.tokenizer
     eos = tok.eos_token or EOS
-    trainer = make_trainer(
-        peft_model,
-        tok,
-        build_pair_dataset(train_recs, eos),
-        build_pair_dataset(valid_recs, eos) if valid_recs else None,
-        out,
-        opts,
-        callbacks=[metrics_callback(writer), *callbacks],
-    )
-    t0 = time.time()
-    try:
-        result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-        valid = (
-            pairwise_accuracy(trainer.model, tok, valid_recs, batch_size=opts.batch_size)
-            if valid_recs
-            else None
-        )
-        if valid is not None:
-            writer.log(
-                trainer.state.global_step, eval_accuracy=valid["accuracy"], eval_margin=valid["margin"]
-            )
-    finally:
-        writer.close()
-    save_final(trainer, out)  # adapter (LoRA + score head) + tokenizer
+    train_ds = build_pair_dataset(run.train, eos)
+    valid_ds = build_pair_dataset(run.valid, eos) if run.valid else None
+    trainer = trl_trainer(
+        RewardTrainer, RewardConfig, run.model, tok, train_ds, valid_ds, run.out, opts, [run.callback, *callbacks],
+        center_rewards_coefficient=opts.center_rewards_coefficient,
+    )  # fmt: skip
+    valid = None
+    with run.training():
+        result = trainer.train(resume_from_checkpoint=run.resume_from)
+        if run.valid:
+            valid = pairwise_accuracy(trainer.model, tok, run.valid, batch_size=opts.batch_size)
+            step = trainer.state.global_step
+            run.writer.log(step, eval_accuracy=valid["accuracy"], eval_margin=valid["margin"])
     if valid is not None:
         write_jsonl(
-            out / "valid_scores.jsonl",
+            run.out / "valid_scores.jsonl",
             [
                 {**{k: r[k] for k in PAIR_FIELDS}, "chosen_score": c, "rejected_score": s}
-                for r, c, s in zip(valid_recs, valid["chosen"], valid["rejected"], strict=True)
+                for r, c, s in zip(run.valid, valid["chosen"], valid["rejected"], strict=True)
             ],
         )
-
-    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
-    summary = {
-        "stage": "rm",
-        "output_dir": str(out),
-        "model": str(model),
-        "data": str(data),
-        "train_records": len(train_recs),
-        "valid_records": len(valid_recs),
-        "steps": trainer.state.global_step,
-        "epochs": round(trainer.state.epoch or 0.0, 4),
-        "resumed_from_step": checkpoint_step(ckpt) if ckpt else None,
-        "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None,
-        "train_loss": result.training_loss,
+    metrics = {
         "valid_accuracy": valid["accuracy"] if valid else None,
         "valid_margin": valid["margin"] if valid else None,
-        "train_runtime_s": round(result.metrics.get("train_runtime") or time.time() - t0, 2),
-        "trainable_params": trainable,
-        "total_params": total,
-        "load_in_4bit": opts.load_in_4bit,
-        "options": {k: v for k, v in asdict(opts).items() if k != "extra"},
     }
-    write_summary(out, summary)
-    write_model_card(
-        out,
+    return finish_run(
+        run,
+        trainer,
+        result,
+        metrics,
         title=f"Reward model LoRA adapter for {Path(str(model)).name}",
-        summary=summary,
-        options=summary["options"],
-        usage=f"dnfbot reward score --model {model} --adapter {out} --data pairs.jsonl",
+        usage=f"dnfbot reward score --model {model} --adapter {run.out} --data pairs.jsonl",
     )
-    return summary
+
+
+def score_file(
+    model: str,
+    adapter: str | os.PathLike | None,
+    data: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    batch_size: int = 8,
+    load_in_4bit: bool = False,
+) -> tuple[dict, list[dict]]:
+    """Score a file of {"prompt","response"} records — or of pairs, then with pairwise accuracy and margin.
+
+    Returns (summary, the records with their scores); `out` also writes those records as JSONL."""
+    from dnfbot.models import load_model
+    from dnfbot.train.common import load_records
+
+    pairs = "chosen" in load_records(data, ("prompt",), limit=1)[0]  # pairs, or single responses
+    records = load_records(data, PAIR_FIELDS if pairs else ("prompt", "response"))
+    m, tok = load_model(model, task="seq-cls", adapter=adapter, load_in_4bit=load_in_4bit)
+    res: dict = {"model": model, "adapter": str(adapter) if adapter else None, "records": len(records)}
+    if pairs:
+        acc = pairwise_accuracy(m, tok, records, batch_size=batch_size)
+        scored = [
+            {**r, "chosen_score": c, "rejected_score": s}
+            for r, c, s in zip(records, acc["chosen"], acc["rejected"], strict=True)
+        ]
+        res.update(accuracy=acc["accuracy"], margin=acc["margin"])
+        scores = acc["chosen"] + acc["rejected"]
+    else:
+        prompts, responses = [r["prompt"] for r in records], [r["response"] for r in records]
+        scores = score_pairs(m, tok, prompts, responses, batch_size=batch_size)
+        scored = [{**r, "score": s} for r, s in zip(records, scores, strict=True)]
+    res["mean_score"] = sum(scores) / len(scores)
+    if out:
+        write_jsonl(out, scored)
+        res["out"] = str(out)
+    return res, scored

@@ -1,0 +1,294 @@
+"""Every training stage's options, each declared once, and the one run-config schema that drives them all.
+
+A run config (configs/*.yaml, or a finished run's summary.json) is
+
+    model: EleutherAI/polyglot-ko-1.3b   # top level: the model keys every stage shares (ModelOptions)
+    load_in_4bit: true
+    lora: {r: 8, alpha: 32, dropout: 0.05, targets: [query_key_value]}   # LoraOptions (lora_r, lora_alpha, …)
+    sft:      {lr: 1.0e-4, packing: true, …}     # SFTOptions
+    rm:       {lr: 5.0e-5, …}                    # RMOptions
+    ppo:      {steps: 200, kl_coef: 0.05, …}     # PPOOptions
+    generate: {num_beams: 3, …}                  # GenerateOptions
+
+and `dnfbot train sft|rm|ppo` and `dnfbot generate` all read it: a stage takes the top-level keys it has, then its
+own section (which may also set shared keys), then the command-line flags — each later one wins. Every key of the
+file is checked, whichever stage runs: an unknown key or a wrong type is an error naming the key and the file.
+A run writes its resolved options into summary.json ("config", this schema), so `--config RUN/summary.json`
+repeats it. Options are dataclasses whose fields carry their help (dnfbot.options): the flags are generated from
+them, so a new option is one line, and a new stage is one dataclass plus one line in STAGES.
+Nothing here imports torch: validating a config, and every `--help`, stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from dnfbot.errors import InputError
+from dnfbot.generate.hf import DecodeOptions
+from dnfbot.options import as_dict, build, coerce, comma_list, declared, names, option
+
+# --- what every stage shares ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelOptions:
+    """Top-level keys of a run config."""
+
+    panel = "Model"
+    model: str | None = option(None, "base model: local path or hub id (or 'model:' in --config)")
+    load_in_4bit: bool = option(False, "load the base in 4-bit nf4 (QLoRA)", flag="--4bit/--no-4bit")
+    trust_remote_code: bool = option(False, "run code shipped with the model (config file only)", cli=False)
+    dtype: str | None = option(
+        None, "float32 | bfloat16 | float16 (default: float32 on CPU, bf16 on a bf16 GPU and with 4-bit)"
+    )
+
+
+@dataclass
+class LoraOptions:
+    """The `lora:` section of a run config (keys without the lora_ prefix)."""
+
+    panel = "LoRA"
+    lora_r: int = option(8, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = option(0.05, "dropout on the LoRA path")
+    lora_targets: list[str] | str | None = option(
+        None, "modules LoRA adapts: comma list or all-linear (default: by architecture)", parse=comma_list
+    )
+    lora_modules_to_save: list[str] | None = option(
+        None, "modules trained in full and saved with the adapter, e.g. lm_head", parse=comma_list
+    )
+
+
+@dataclass
+class TrainerOptions(LoraOptions, ModelOptions):
+    """What the transformers-Trainer stages (SFT, reward model) share."""
+
+    panel = "Training"
+    lr: float = option(1e-4, "learning rate")
+    epochs: float = option(1.0, "passes over the training data")
+    max_steps: int = option(-1, "stop after N optimizer steps (> 0 overrides epochs)")
+    batch_size: int = option(2, "examples per step (per device)")
+    grad_accum: int = option(1, "batches accumulated per optimizer step")
+    max_length: int = option(1024, "tokens per example")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
+    warmup_steps: int = option(0, "steps of linear learning-rate warm-up")
+    lr_scheduler: str = option("linear", "transformers scheduler: linear | cosine | constant | …")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    optim: str = option(
+        "adamw_torch", "optimizer (GPU configs use paged_adamw_8bit: 8-bit state, see configs/)"
+    )
+    logging_steps: int = option(10, "log every N steps")
+    save_steps: int = option(200, "checkpoint every N steps")
+    save_total_limit: int = option(2, "checkpoints kept")
+    eval_steps: int | None = option(None, "evaluate every N steps (default: once at the end)")
+    valid_fraction: float = option(0.05, "share held out when the data file has no split field")
+    limit: int | None = option(None, "use only the first N records")
+    seed: int = option(42, "random seed")
+    threads: int | None = option(None, "CPU threads for torch")
+    extra: dict[str, Any] = option(
+        help="passed through to TRL's trainer config (keys dnfbot has no option for)", cli=False, factory=dict
+    )
+
+
+@dataclass
+class SFTOptions(TrainerOptions):
+    """`sft:` — supervised fine-tuning (train/sft.py)."""
+
+    packing: bool = option(False, "pack examples into full rows (padding-free, attention kept per example)")
+
+
+@dataclass
+class RMOptions(TrainerOptions):
+    """`rm:` — the reward model (train/reward.py)."""
+
+    batch_size: int = option(4, "pairs per step (2x sequences)")
+    # TRL's RewardTrainer filters long pairs, it does not truncate them
+    max_length: int = option(512, "tokens per text; longer pairs are dropped")
+    valid_fraction: float = option(0.1, "share held out when the data file has no split field")
+    center_rewards_coefficient: float | None = option(
+        None, "e.g. 0.01 keeps rewards centred on 0 (what PPO's reward scaling likes)"
+    )
+
+
+@dataclass
+class PPOOptions(LoraOptions, ModelOptions):
+    """`ppo:` — every hyper-parameter of RLHF (train/rlhf/ppo.py; GRPO/RLOO through TRL use the shared ones).
+
+    LoRA keys shape the fresh policy adapter when no SFT adapter is given."""
+
+    panel = "PPO"
+    algo: str = option("ppo", "ppo | grpo | rloo (grpo/rloo through TRL)")
+    reward_model: str | None = option(
+        None, "a different reward-model base (loaded separately; default: the policy's base)"
+    )
+    # rollout
+    steps: int = option(
+        200, "PPO iterations: one rollout batch + ppo_epochs of updates each", flag=("--steps", "--max-steps")
+    )
+    batch_size: int = option(16, "prompts (= episodes) per rollout")
+    mini_batch_size: int = option(4, "episodes per optimizer step")
+    micro_batch_size: int = option(4, "episodes per forward/backward (accumulated within a minibatch)")
+    forward_batch_size: int = option(8, "episodes per no-grad forward pass / generate() call in the rollout")
+    ppo_epochs: int = option(4, "passes over each rollout batch")
+    max_prompt_tokens: int = option(256, "longer prompts are skipped")
+    max_new_tokens: int = option(128, "response budget")
+    temperature: float = option(0.7, "sampling temperature")
+    top_p: float = option(1.0, "nucleus sampling")
+    group_size: int = option(4, "grpo/rloo: responses per prompt")
+    # reward shaping
+    kl_coef: float = option(0.05, "beta of the per-token KL penalty (initial value when adaptive)")
+    adaptive_kl: bool = option(False, "adaptive KL controller", flag="--adaptive-kl/--fixed-kl")
+    target_kl: float = option(6.0, "nats per response, for the adaptive controller")
+    kl_horizon: int = option(10000, "episodes, for the adaptive controller")
+    no_eos_penalty: float = option(
+        1.0, "subtracted from the normalised score of responses without EOS (0 disables)"
+    )
+    normalize_reward: bool = option(True, "(score - mean) / std with the initial policy's statistics")
+    norm_samples: int = option(64, "prompts for those statistics")
+    whiten_rewards: bool = option(False, "whiten the per-token rewards (mean kept)")
+    # PPO
+    gamma: float = option(1.0, "discount")
+    lam: float = option(0.95, "GAE lambda")
+    cliprange: float = option(0.2, "policy ratio clip")
+    cliprange_value: float = option(0.2, "value clip")
+    vf_coef: float = option(0.1, "value-loss weight")
+    lr: float = option(2e-5, "learning rate")
+    adam_eps: float = option(1e-5, "Adam epsilon")
+    lr_decay: bool = option(True, "linear learning-rate decay to 0 over the steps")
+    max_grad_norm: float = option(1.0, "global gradient-norm clip")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
+    # evaluation, logging, checkpoints
+    eval_prompts: int = option(16, "held-out prompts scored before and after training")
+    save_every: int = option(20, "checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = option(2, "checkpoints kept")
+    limit: int | None = option(None, "use only the first N prompts")
+    seed: int = option(0, "random seed")
+    threads: int | None = option(None, "CPU threads for torch")
+
+    def validate(self) -> None:
+        if self.algo not in ALGOS:
+            raise InputError(f"unknown --algo '{self.algo}' (choose {', '.join(ALGOS[:-1])} or {ALGOS[-1]})")
+        if self.batch_size % self.mini_batch_size or self.mini_batch_size % self.micro_batch_size:
+            raise InputError(
+                f"ppo config: batch_size ({self.batch_size}) must be a multiple of mini_batch_size "
+                f"({self.mini_batch_size}), which must be a multiple of micro_batch_size ({self.micro_batch_size})"
+            )
+        for name in (
+            "steps",
+            "batch_size",
+            "ppo_epochs",
+            "max_new_tokens",
+            "forward_batch_size",
+            "save_every",
+        ):
+            if getattr(self, name) < 1:
+                raise InputError(f"ppo config: {name} must be >= 1")
+        if not self.temperature > 0:
+            raise InputError("ppo config: temperature must be > 0")
+
+
+ALGOS = ("ppo", "grpo", "rloo")
+
+
+@dataclass
+class GenerateOptions(ModelOptions, DecodeOptions):
+    """`generate:` — decoding for `dnfbot generate` (beam search by default: deterministic, fluent answers)."""
+
+
+STAGES: dict[str, type] = {
+    "sft": SFTOptions,
+    "rm": RMOptions,
+    "ppo": PPOOptions,
+    "generate": GenerateOptions,
+}
+LORA = "lora"
+
+
+# --- reading and writing run configs -------------------------------------------------------------------------
+
+
+def load_options(stage: str, config: str | os.PathLike | None = None, flags: dict | None = None) -> Any:
+    """The options of `stage`: defaults, then the run config's top level and `stage:` section, then `flags`
+    (values that are None count as not given)."""
+    values: dict[str, Any] = {}
+    where = "options"
+    if config is not None:
+        where = str(config)
+        values = stage_values(read_run_config(config), stage, where)
+    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+    return build(STAGES[stage], values, where)
+
+
+def read_run_config(path: str | os.PathLike) -> dict:
+    """A run config, or the one recorded in a run's summary.json; every key checked."""
+    from dnfbot.config import read_yaml
+
+    doc = read_yaml(path)
+    if isinstance(doc.get("config"), dict) and "output_dir" in doc:  # a run summary
+        doc = doc["config"]
+    check_run_config(doc, str(path))
+    return doc
+
+
+def check_run_config(doc: dict, where: str) -> None:
+    shared = {d.name: d for d in declared(ModelOptions)}
+    for key, value in doc.items():
+        if key in STAGES:
+            _check_section(STAGES[key], value, where, key)
+        elif key == LORA:
+            _check_section(LoraOptions, {f"lora_{k}": v for k, v in _mapping(value, where, key).items()},
+                           where, key, strip="lora_")  # fmt: skip
+        elif key in shared:
+            coerce(value, shared[key].type, f"{where}: '{key}'")
+        else:
+            raise InputError(
+                f"{where}: unknown key '{key}' (the top level holds {', '.join(shared)} and "
+                f"'{LORA}:'; stage options go in a section: {', '.join(STAGES)})"
+            )
+
+
+def stage_values(doc: dict, stage: str, where: str) -> dict[str, Any]:
+    """The values a run config gives `stage`: top level, then `lora:`, then the stage's own section."""
+    own = names(STAGES[stage])
+    top = {k: v for k, v in doc.items() if k not in STAGES and k != LORA}
+    lora = {f"lora_{k}": v for k, v in (doc.get(LORA) or {}).items()}
+    merged = {**top, **lora, **(doc.get(stage) or {})}
+    return {k: v for k, v in merged.items() if k in own}
+
+
+def run_config(stage: str, opts: Any) -> dict[str, Any]:
+    """The resolved options as a run config (what summary.json records, so that --config reproduces the run)."""
+    values = as_dict(opts)
+    doc = {k: values.pop(k) for k in list(values) if k in names(ModelOptions)}
+    lora = {k.removeprefix("lora_"): values.pop(k) for k in list(values) if k in names(LoraOptions)}
+    if lora:
+        doc[LORA] = lora
+    doc[stage] = values
+    return doc
+
+
+def require_model(opts: Any, config: str | os.PathLike | None) -> str:
+    if not opts.model:
+        raise InputError(
+            "give --model (a local model directory or hub id)"
+            + (f" or 'model:' in {config}" if config else "")
+        )
+    return opts.model
+
+
+def _mapping(value: Any, where: str, key: str) -> dict:
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: '{key}' must be a mapping")
+    return value
+
+
+def _check_section(cls: type, value: Any, where: str, key: str, strip: str = "") -> None:
+    fields = {d.name: d for d in declared(cls)}
+    for name, v in _mapping(value, where, key).items():
+        label = f"{key}.{name.removeprefix(strip)}"
+        if name not in fields:
+            known = ", ".join(n.removeprefix(strip) for n in fields)
+            raise InputError(f"{where}: unknown key '{label}' (known: {known})")
+        coerce(v, fields[name].type, f"{where}: '{label}'")

@@ -1,0 +1,2 @@
+"""Test doubles: a fake OpenAI-compatible server lives in dnfbot.bench.fake_openai (bench synth needs it); here
+the PPO toy task."""
