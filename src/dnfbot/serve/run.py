@@ -44,7 +44,14 @@ def run_server(
     from uvicorn.supervisors import Multiprocess
 
     os.environ[SPEC_ENV] = json.dumps(spec)  # spawned workers inherit it; it holds no secret
-    config = uvicorn.Config("dnfbot.serve.run:app_from_env", factory=True, workers=workers, **common)
+    # a worker opening the index on a busy machine can miss uvicorn's 5 s health ping and be killed in a loop
+    config = uvicorn.Config(
+        "dnfbot.serve.run:app_from_env",
+        factory=True,
+        workers=workers,
+        timeout_worker_healthcheck=60,
+        **common,
+    )
     Multiprocess(config, sockets=[sock]).run()
 
 
