@@ -359,7 +359,8 @@ def test_calibrated_weights_are_stored_with_the_index_and_used(dense_index, tmp_
     corpus, index_dir, settings, _ = dense_index
     idx, build = open_index(index_dir, settings)
     before = open_retriever(idx, build, settings)
-    assert before.fusion_source == "settings" and before.settings.sparse_weight == 0.3
+    default = DenseSettings().sparse_weight
+    assert before.fusion_source == "settings" and before.settings.sparse_weight == default
     items = [
         DevItem("a", "무의 장막 신수", ["0"], None, True),
         DevItem("b", "어둑섬 입장 조건", ["1"], None, True),
@@ -384,7 +385,9 @@ def test_calibrated_weights_are_stored_with_the_index_and_used(dense_index, tmp_
     )
     off = settings.model_copy(deep=True)
     off.dense = off.dense.model_copy(update={"calibrated": False})
-    assert open_retriever(idx, build, off).settings.sparse_weight == 0.3  # the original's weights on request
+    assert (
+        open_retriever(idx, build, off).settings.sparse_weight == default
+    )  # the settings' weights on request
     # a rebuild for a corpus edit keeps them (same model)
     corpus.write_text(corpus.read_text(encoding="utf-8").replace("로그 신수", "머랭 신수"), encoding="utf-8")
     build_index([corpus], index_dir, settings)
