@@ -35,6 +35,7 @@ BENCHMARKS = {
     "ppo": "dnfbot.bench.ppo:PPOBench",
     "index": "dnfbot.bench.index_scale:IndexScaleBench",
     "serve-hostile": "dnfbot.bench.serve_hostile:HostileServeBench",
+    "feedback": "dnfbot.bench.feedback:FeedbackBench",
 }
 
 

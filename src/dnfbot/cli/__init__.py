@@ -31,6 +31,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "reward": ("train", "Score responses with a reward model."),
     "plot": ("report", "Draw training curves to PNG."),
     "report": ("report", "Reports from training runs."),
+    "feedback": ("feedback", "The answer log and players' feedback: stats, training/eval exports, purge."),
 }
 
 

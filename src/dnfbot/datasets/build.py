@@ -20,7 +20,8 @@ Formats (see docs/synth.md):
 - RM: ranking records {"prompt", "completion_0", "completion_1", "completion_2", "ranking"} (KoChatGPT's reward
   format; ranking[i] is completion_i's rank, 0 = best) and pairwise {"prompt", "chosen", "rejected"}: the three
   pairs (best, middle), (best, worst), (middle, worst) of every ranking record. "prompt" is the bare question.
-- PPO: {"prompt"} with the bare question, from held-out (split=valid) questions by default, mixed with imported
+- PPO: {"prompt", "split"} with the bare question, from both splits by default (`train ppo` trains on split=train
+  and evaluates on split=valid, the questions held out of SFT/RM), mixed with imported
   KoChatGPT prompts by ratio.
 """
 
@@ -89,7 +90,10 @@ class RMDataOptions(SplitFilesOption, DataOptions):
 
 @dataclass
 class PPODataOptions(DataOptions):
-    questions: str = option("valid", "which QA questions: valid (held out of SFT/RM) | train | all")
+    questions: str = option(
+        "all",
+        "which QA questions: all (both splits: PPO trains on train, evaluates on valid) | valid | train",
+    )
     limit: int | None = option(None, "at most N prompts (keeps the mix)")
 
     def validate(self) -> None:

@@ -16,6 +16,7 @@ from dnfbot.corpus.clean import CLEANING_VERSION
 from dnfbot.corpus.document import Document
 from dnfbot.errors import IndexDamagedError, IndexMissingError, InputError, OutputError
 from dnfbot.retrieval import store
+from dnfbot.retrieval.encoders import AUTO, NONE, resolve_backend, resolve_model  # cheap: no torch import
 from dnfbot.retrieval.sparse import FieldBuilder, Span, SpansWriter, SparseIndex
 from dnfbot.retrieval.tokenizer import (
     TOKENIZER_VERSION,
@@ -57,12 +58,18 @@ def index_params(settings: Settings) -> dict:
         "title_boost": r.title_boost,
         "bm25": {"k1": r.bm25_k1, "b": r.bm25_b},
     }
-    if d.model:
+    model = resolve_model(d.model)
+    if d.model == NONE:  # BM25 only by choice: kept in the build, so that `auto` does not add e5 to it later
+        params["dense"] = {"model": NONE}
+    elif model:
         params["dense"] = {
-            "model": d.model,
+            "model": model,
             "query_prefix": d.query_prefix,
             "passage_prefix": d.passage_prefix,
         }
+        backend = resolve_backend(model, d.backend)
+        if backend != "sentence-transformers":  # absent = the original back end: older fingerprints hold
+            params["dense"]["backend"] = backend
     return params
 
 
@@ -85,16 +92,18 @@ def build_index(
     tokenizer: KoreanTokenizer | None = None,
     on_wait: Callable[[], None] | None = None,
     unless_live: str | None = None,
+    embedding_cache: Path | None = None,
 ) -> BuildResult:
     """Build (or keep, when the corpus and settings are unchanged and the live build is intact) the index for
     `corpus` in `index_dir`. Builders of one index dir take turns (on_wait: called if this one has to wait);
     one that waited finds the build the other made and keeps it. A build that cannot be written (disk full,
     permissions) is an OutputError, and the previous build stays live. `unless_live`: the name of a build
-    known to be unreadable — rebuild if it is still the live one, even though its fingerprint matches."""
+    known to be unreadable — rebuild if it is still the live one, even though its fingerprint matches.
+    Dense vectors are cached in `embedding_cache` (default index_dir/embedding-cache)."""
     t0 = time.perf_counter()
     index_dir = Path(index_dir)
     sources = store.describe_sources(corpus)
-    params = index_params(settings)
+    params = index_params(settings)  # dense.model auto → e5-small or nothing, decided here once
     _check_finite(params)
     fp = store.fingerprint(sources, params)
     with store.build_lock(index_dir, on_wait):
@@ -112,10 +121,14 @@ def build_index(
             sparse = _build_sparse(docs, chunks, tok, settings, params["title_boost"], tmp)
             sparse.save(tmp)
             dense_info = None
-            if settings.dense.model:
+            model = params.get("dense", {}).get("model")
+            if model and model != NONE:
                 from dnfbot.retrieval.dense import build_dense  # the [dense] extra
 
-                dense_info = build_dense(tmp, chunks, settings.dense, cache_dir=index_dir / "embedding-cache")
+                dense = settings.dense.model_copy(update={"model": model})
+                dense_info = build_dense(
+                    tmp, chunks, dense, cache_dir=embedding_cache or index_dir / "embedding-cache"
+                )
             manifest = {
                 "format_version": store.FORMAT_VERSION,
                 "fingerprint": fp,
@@ -199,10 +212,10 @@ def chunk_spans_stream(
 
 
 def with_build_dense(settings: Settings, build: store.Build) -> Settings:
-    """Settings that name no dense model take the build's: a model given once with `index build --dense-model`
-    is not a settings change that should rebuild the index without it."""
+    """Settings that name no dense model (`auto`, the default) take the build's: a model given once with
+    `index build --dense-model` (or `none`) is not a settings change that should rebuild the index without it."""
     dense = build.manifest["params"].get("dense")
-    if not dense or settings.dense.model:
+    if not dense or (settings.dense.model and settings.dense.model != AUTO):
         return settings
     return settings.model_copy(update={"dense": settings.dense.model_copy(update=dense)})
 

@@ -67,10 +67,11 @@ def _limits_of(app) -> Limits:
     return getattr(state, "limits", None) or Limits()
 
 
-def worker_spec(backends: dict, limits: Limits, warm: bool) -> dict:
-    """What a worker process needs to rebuild the app: open_backends() arguments (JSON-able), limits, warm."""
+def worker_spec(backends: dict, limits: Limits, warm: bool, answer_log: str | None = None) -> dict:
+    """What a worker process needs to rebuild the app: open_backends() arguments (JSON-able), limits, warm, and
+    the answer log's URL (each worker writes through its own writer; SQLite serialises them)."""
     return {"backends": {k: str(v) if isinstance(v, os.PathLike) else v for k, v in backends.items()},
-            "limits": asdict(limits), "warm": warm}  # fmt: skip
+            "limits": asdict(limits), "warm": warm, "answer_log": answer_log}  # fmt: skip
 
 
 def app_from_env() -> FastAPI:
@@ -78,6 +79,7 @@ def app_from_env() -> FastAPI:
     key comes from $DNFBOT_API_KEY, as in the parent."""
     from pathlib import Path
 
+    from dnfbot.feedback.store import AnswerLog
     from dnfbot.serve.app import create_app
     from dnfbot.serve.backends import open_backends
 
@@ -90,6 +92,7 @@ def app_from_env() -> FastAPI:
         api_key=os.environ.get("DNFBOT_API_KEY") or None,
         limits=Limits(**spec["limits"]),
         warm=spec["warm"],
+        answer_log=AnswerLog(spec["answer_log"]) if spec.get("answer_log") else None,
     )
 
 
