@@ -83,6 +83,7 @@ def files(tmp_path_factory) -> dict[str, str]:
         "empty_dir": str(t / "empty_dir"),
         "euckr_dir": str(t / "euckr_dir"),
         "qa_empty": w("qa_empty.jsonl", ""),
+        "qa_ok": w("qa_ok.jsonl", json.dumps(qa) + "\n"),
         "qa_malformed": w("qa_bad.jsonl", json.dumps(qa) + "\n{not json\n" + json.dumps(qa) + "\n"),
         "qa_missing_field": w("qa_field.jsonl", json.dumps({"question": "q?"}) + "\n"),
         "q_empty": w("q_empty.jsonl", ""),
@@ -192,6 +193,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "data QA missing a field": (
         ["data", "rm", "--qa", "{qa_missing_field}", "--out", "{dir}"],
         ["qa_field.jsonl:1", "long"],
+    ),
+    "data --out under a file": (
+        ["data", "rm", "--qa", "{qa_ok}", "--out", "{afile}/rm.jsonl"],
+        ["afile is a file, not a folder"],
     ),
     # datasets
     "data sft on an empty QA file": (

@@ -264,8 +264,7 @@ def take_imports(imported: list[dict], n_own: int, ratio: float | None) -> list[
 
 def _write(out: str | Path, rows: list[dict], split_files: bool) -> dict:
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out, rows)
+    write_jsonl(out, rows)  # makes the folder; a path under a file is an OutputError naming it
     files = {"out": str(out)}
     if split_files:
         for split in ("train", "valid"):
