@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dnfbot.errors import InputError
+from dnfbot.io import read_text
 
 DEFAULT_CORPUS = "../shared/corpus/dnf_homepage_tip.json"
 CORPUS_HELP = (
@@ -25,7 +26,8 @@ CORPUS_HELP = (
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Numbers must be finite: `bm25_k1: .nan` is refused here, before an index built with it can go live.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ChunkSettings(_Section):
@@ -33,19 +35,23 @@ class ChunkSettings(_Section):
     stage that refers to chunks (index, synth qa, data sft/pairs) reads them from here."""
 
     size: int = Field(3000, ge=100, description="max characters per chunk")
-    overlap: int = Field(250, ge=0, description="characters shared by neighbouring chunks")
+    overlap: int = Field(250, ge=0, description="characters shared by neighbouring chunks (at most size/2)")
 
     @model_validator(mode="after")
-    def _overlap_below_size(self) -> ChunkSettings:
-        if self.overlap >= self.size:
-            raise ValueError(f"overlap ({self.overlap}) must be smaller than size ({self.size})")
+    def _overlap_fits(self) -> ChunkSettings:
+        # A cut lands in the back half of the window, so the next chunk starts at least size/2 - overlap
+        # characters later: beyond size/2 chunking would crawl (overlap 999 / size 1000: one chunk per character).
+        if self.overlap > self.size // 2:
+            raise ValueError(
+                f"chunk.overlap ({self.overlap}) must be at most half of chunk.size ({self.size})"
+            )
         return self
 
 
 class RetrievalSettings(_Section):
     k: int = Field(5, ge=1, le=100)
-    bm25_k1: float = 1.2
-    bm25_b: float = 0.75
+    bm25_k1: float = Field(1.2, ge=0.0, description="BM25 term-frequency saturation")
+    bm25_b: float = Field(0.75, ge=0.0, le=1.0, description="BM25 length normalisation")
     title_boost: int = Field(
         3, ge=0, description="times the title's tokens are repeated in each chunk's index text"
     )
@@ -189,17 +195,19 @@ def validation_message(e: ValidationError) -> str:
     """pydantic's first error as one line: "field 'chunk.size': Input should be greater than …"."""
     err = e.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
-    return f"field '{where}': {err['msg']}" if where else err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"field '{where}': {msg}" if where else msg
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
     """A YAML (or JSON) file whose top level is a mapping; one-line errors naming the file."""
-    from dnfbot.io import read_text
-
+    text = read_text(path)  # one-line errors for a folder, an unreadable file, or one not in UTF-8 (cp949)
     try:
-        data = yaml.safe_load(read_text(path)) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise InputError(f"{path}: malformed YAML: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise InputError(f"{path}: YAML nested too deeply") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping at the top level")
     return data

@@ -44,7 +44,11 @@ def index_build(
     paths = settings.corpus_paths(corpus)
     with console.status("building index (Kiwi tokenization + BM25)…"):
         result = build_index(
-            paths, settings.resolve_index_dir(options.get("index_dir")), settings, force=force
+            paths,
+            settings.resolve_index_dir(options.get("index_dir")),
+            settings,
+            force=force,
+            on_wait=lambda: console.print("waiting for another build of this index to finish…"),
         )
     show(result.to_dict(), json_out, _print_build)
 
@@ -85,6 +89,7 @@ def index_status(json_out: bool = JSON, options: dict = None):
         "params": m["params"],
         "stale": is_stale(build, settings),
         "dense": (build.path / "dense").exists(),
+        "checksums": store.verify_build(build, deep=True) or "ok",
     }
     show(d, json_out, _print_fields)
 

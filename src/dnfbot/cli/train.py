@@ -1,4 +1,4 @@
-"""`dnfbot train sft | rm | ppo | merge | ranker | embedder | static-embedder` and `dnfbot reward score | train`.
+"""`dnfbot train sft | rm | dpo | ppo | merge | ranker | embedder | static-embedder` and `dnfbot reward score | train`.
 
 Every hyper-parameter is a field of an option dataclass in train/options.py; the flags are generated from it and
 `--config` reads the one run-config schema described there (flags win over the file)."""
@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from dnfbot.cli.options import CONFIG, JSON, RUN_CONFIG, IndexFlags, show, with_options
-from dnfbot.train.options import PPOOptions, RMOptions, SFTOptions
+from dnfbot.train.options import DPOOptions, PPOOptions, RMOptions, SFTOptions
 
 train = typer.Typer(no_args_is_help=True)
 reward = typer.Typer(no_args_is_help=True)
@@ -22,7 +22,12 @@ RESUME = typer.Option(True, "--resume/--no-resume", help="continue from the last
 def _print_run(s: dict) -> None:
     from dnfbot.console import out
 
-    if s.get("eval_loss") is not None:
+    if s.get("valid_margin_after") is not None:
+        metric = (
+            f"held-out implicit reward margin {s['valid_margin_before']:+.3f} → {s['valid_margin_after']:+.3f} "
+            f"(accuracy {s['valid_accuracy_after']:.3f})"
+        )
+    elif s.get("eval_loss") is not None:
         metric = f"eval_loss {s['eval_loss']:.4f}"
     elif s.get("valid_accuracy") is not None:
         metric = f"valid accuracy {s['valid_accuracy']:.3f}"
@@ -47,6 +52,12 @@ STAGES = {
         RMOptions,
         'JSONL of {"prompt","chosen","rejected"}',
         "Reward model: 1-label classifier + LoRA on ranked pairs (TRL RewardTrainer); reports pair accuracy.",
+    ),
+    "dpo": (
+        DPOOptions,
+        'JSONL of {"prompt","chosen","rejected"} (`dnfbot data rm` pairs)',
+        "DPO on ranked pairs with (Q)LoRA (TRL DPOTrainer; reference = the base, adapter disabled); reports the "
+        "held-out implicit reward margin before → after.",
     ),
 }
 
@@ -75,13 +86,18 @@ def _trainer_command(stage: str):
         model = require_model(opts, config)
         if stage == "sft":
             from dnfbot.train.sft import run_sft as run
+        elif stage == "dpo":
+            from dnfbot.train.dpo import run_dpo as run
         else:
             from dnfbot.train.reward import run_reward as run
         summary = run(
             model, data, out_dir, options=opts, eval_data=eval_data, resume=resume and not overwrite,
             overwrite=overwrite,
         )  # fmt: skip
-        show(summary, json_out, _print_run)
+        from dnfbot.train.common import is_main_process
+
+        if is_main_process():  # under `accelerate launch`, one summary for the whole run
+            show(summary, json_out, _print_run)
 
     command.__doc__ = doc
     return command
@@ -89,6 +105,7 @@ def _trainer_command(stage: str):
 
 train.command("sft")(_trainer_command("sft"))
 train.command("rm")(_trainer_command("rm"))
+train.command("dpo")(_trainer_command("dpo"))
 reward.command("train")(_trainer_command("rm"))  # the same verb under the reward group
 
 
@@ -126,6 +143,9 @@ def train_ppo(
     ),
     config: Path = RUN_CONFIG,
     resume: bool = RESUME,
+    force: bool = typer.Option(
+        False, "--force", help="resume even though the options or inputs differ from the run's config.json"
+    ),
     json_out: bool = JSON,
     options: dict = None,
 ):
@@ -145,7 +165,7 @@ def train_ppo(
     set_threads(opts.threads)
     summary = run_rlhf(
         opts, prompts=prompts, out_dir=out_dir, sft_adapter=sft_adapter, reward_adapter=reward_adapter,
-        resume=resume, show_progress=True,
+        resume=resume, force=force, show_progress=True,
     )  # fmt: skip
     show(summary, json_out, _print_rlhf)
 
