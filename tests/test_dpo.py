@@ -157,3 +157,18 @@ def test_qlora_dpo_on_a_4bit_llama(polyglot_tokenizer_dir, tmp_path):
     assert s["valid_margin_before"] == pytest.approx(0.0, abs=1e-6) and s["valid_margin_after"] > 0.1, s
     cfg = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
     assert set(cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+def test_resume_after_its_checkpoint_was_rotated_out(base, tmp_path):
+    """Re-running continues from the last checkpoint; the summary still says where, although save_total_limit
+    deleted that checkpoint during the continued run."""
+    out = tmp_path / "run"
+    opts = dict(
+        lr=2e-3, save_steps=1, save_total_limit=2, threads=THREADS, valid_fraction=0.0, logging_steps=1
+    )
+    first = run_dpo(str(base), PAIRS, out, options=DPOOptions(max_steps=2, **opts), echo=False)
+    assert first["steps"] == 2 and first["resumed_from_step"] is None
+    again = run_dpo(str(base), PAIRS, out, options=DPOOptions(max_steps=4, **opts), resume=True, echo=False)
+    assert again["steps"] == 4 and again["resumed_from_step"] == 2
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r] == [1, 2, 3, 4]

@@ -182,7 +182,8 @@ def finish_run(run: Run, trainer: Any, result: Any, metrics: dict, *, title: str
         "valid_records": len(run.valid),
         "steps": trainer.state.global_step,
         "epochs": round(trainer.state.epoch or 0.0, 4),
-        "resumed_from_step": checkpoint_step(run.checkpoint) if run.checkpoint else None,
+        # from the name: save_total_limit may have deleted the checkpoint the run resumed from by now
+        "resumed_from_step": int(run.checkpoint.name.rsplit("-", 1)[1]) if run.checkpoint else None,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "train_loss": result.training_loss,
