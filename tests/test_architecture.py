@@ -55,7 +55,7 @@ LAYERS = [
     {"generate"},
     {"rag", "conversation"},
     {"synth", "datasets"},
-    {"train", "eval"},
+    {"train", "eval", "feedback"},
     {"serve", "chat"},
     {"bench"},
     {"cli", "__main__"},

@@ -192,6 +192,7 @@ def finish_run(run: Run, trainer: Any, result: Any, metrics: dict, *, title: str
         "trainable_params": trainable,
         "total_params": total,
         "load_in_4bit": opts.load_in_4bit,
+        "recipe": getattr(opts, "recipe", None),  # what the model's dnfbot_recipe.json set (train/options.py)
         "config": run_config(run.stage, opts),
     }
     if is_main_process():
