@@ -302,6 +302,13 @@ def metrics_callback(writer: MetricsWriter) -> Any:
             if state.global_step > 0:
                 writer.event("resume", step=state.global_step)
 
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            # the last step is always logged, so that last_loss is the end of training even when max_steps is
+            # not a multiple of logging_steps (8 steps, logging every 10: first_loss would be last_loss)
+            if state.max_steps and state.global_step >= state.max_steps:
+                control.should_log = True
+            return control
+
         def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
             logs = dict(logs or {})
             if "train_runtime" in logs:  # the end-of-training aggregate, not a step
