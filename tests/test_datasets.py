@@ -224,7 +224,9 @@ def test_ppo_held_out_questions_mixed_with_imports(tmp_path, ppo_prompts_path):
     qa = write_qa(tmp_path / "qa.jsonl", recs)
     sft = build_sft([qa], tmp_path / "sft.jsonl", valid_fraction=0.2)
     out = tmp_path / "ppo.jsonl"
-    s = build_ppo([qa], out, valid_fraction=0.2, imports=[ppo_prompts_path], import_ratio=2.0)
+    s = build_ppo(
+        [qa], out, valid_fraction=0.2, imports=[ppo_prompts_path], import_ratio=2.0, questions="valid"
+    )
     rows = read_jsonl(out)
     own = [r for r in rows if r["source"] == "synth:openai"]
     held_out = {r["question"] for r in read_jsonl(tmp_path / "sft.jsonl") if r["split"] == "valid"}
@@ -239,11 +241,25 @@ def test_ppo_held_out_questions_mixed_with_imports(tmp_path, ppo_prompts_path):
         imports=[ppo_prompts_path],
         import_ratio=2.0,
         limit=30,
+        questions="valid",
     )
     assert s2["records"] == 30 and s2["from_qa"] == 10  # the 1:2 mix is kept
     from dnfbot.train.rlhf.run import load_prompts
 
     assert len(load_prompts(out)) == s["records"]
+
+
+def test_ppo_prompts_keep_both_splits_by_default(tmp_path):
+    # train ppo trains on split=train and evaluates on split=valid: the default file must hold both
+    recs = [qa_rec(i, f"{i}번 보스의 패턴은 어떻게 되나요?", doc=f"d{i}") for i in range(100)]
+    qa = write_qa(tmp_path / "qa.jsonl", recs)
+    sft = build_sft([qa], tmp_path / "sft.jsonl", valid_fraction=0.2)
+    s = build_ppo([qa], tmp_path / "ppo.jsonl", valid_fraction=0.2)
+    rows = read_jsonl(tmp_path / "ppo.jsonl")
+    assert s["records"] == 100 and s["questions"] == "all"
+    valid = {r["prompt"] for r in rows if r["split"] == "valid"}
+    assert valid == {r["question"] for r in read_jsonl(tmp_path / "sft.jsonl") if r["split"] == "valid"}
+    assert len(valid) == sft["valid"] and sum(r["split"] == "train" for r in rows) == 100 - len(valid)
 
 
 def test_cli_data_verbs(tmp_path):

@@ -45,6 +45,8 @@ _REAL_SHAPES: dict[str, dict[str, int]] = {
     "10.8b": {"hidden": 4096, "layers": 48, "heads": 32, "kv_heads": 8, "ffn": 14336},
 }
 MAX_POSITIONS = 2048
+# the training recipe a model folder may carry (train/options.py read_recipe applies it)
+RECIPE_FILE = "dnfbot_recipe.json"
 
 
 def _round_up(n: int, multiple: int = 128) -> int:
@@ -104,7 +106,33 @@ def init_tiny(
     model.generation_config.eos_token_id = tok.eos_token_id
     model.to(dtype).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+    if size in _SIZES:  # the real shapes are for memory benchmarks: they keep the real models' defaults
+        from dnfbot.io import atomic_write_json
+
+        atomic_write_json(out / RECIPE_FILE, tiny_recipe(arch))
     return out
+
+
+def tiny_recipe(arch: Arch) -> dict[str, Any]:
+    """What makes a random-init tiny model learn in a few dozen steps (measured: docs/training.md), written by
+    `init_tiny` beside the weights and applied by `dnfbot train sft|rm|ppo` where the user sets nothing else.
+
+    A random-init model's logits are flat and its embeddings noise: LoRA on the attention alone (4k parameters)
+    moves nothing, so the LM head and the input embeddings train in full (modules_to_save), LoRA adapts every
+    linear layer, dropout is off and the learning rate is ~100x a real model's."""
+    embed = "embed_in" if arch == "gpt-neox" else "embed_tokens"
+    lora = {"lora_targets": "all-linear", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0}
+    return {
+        "kind": "random-init demo model (dnfbot model init-tiny)",
+        "note": "not a language model: random weights of a real architecture, for offline tests and demos",
+        "stages": {
+            "sft": {**lora, "lora_modules_to_save": ["lm_head", embed], "lr": 1e-2},
+            # the score head is always trained in full (train/reward.py)
+            "rm": {**lora, "lr": 3e-3},
+            "ppo": {**lora, "lora_modules_to_save": ["lm_head"], "lr": 1e-3},
+            "dpo": {**lora, "lora_modules_to_save": ["lm_head", embed], "lr": 3e-3},
+        },
+    }
 
 
 def load_tokenizer(path: str | os.PathLike, padding_side: str = "right") -> PreTrainedTokenizerBase:
@@ -143,6 +171,8 @@ def load_model(
     task="seq-cls" builds a 1-label classifier (reward model) whose config knows the pad token, so the score is
     read at each sequence's last real token. dtype: None = bf16 compute with 4-bit, otherwise float32 on CPU and
     bf16 on a GPU that supports it; or a name ("float32", "bfloat16", "float16", "auto") or a torch.dtype."""
+    if adapter is not None:  # before the base loads: a typo or a pickled adapter costs no start-up time
+        check_adapter(adapter)
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -165,7 +195,7 @@ def load_model(
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         if device_map is None and torch.cuda.is_available():
-            device_map = {"": torch.cuda.current_device()}
+            device_map = quantized_device_map()
     if device_map is not None:
         kwargs["device_map"] = device_map
     if task == "seq-cls":
@@ -190,6 +220,18 @@ def load_model(
     if adapter is not None:
         model = _attach_adapter(model, adapter, trainable=adapter_trainable)
     return model, tok
+
+
+def quantized_device_map() -> dict[str, int]:
+    """Where a 4-bit model loads (bitsandbytes needs one device for all of it): this process's GPU. Under
+    `accelerate launch` / torchrun each process owns GPU LOCAL_RANK; the Accelerator has not yet set the current
+    device when the model loads, so torch.cuda.current_device() would put every rank on GPU 0."""
+    rank = os.environ.get("LOCAL_RANK")
+    if rank is not None:
+        return {"": int(rank)}
+    import torch
+
+    return {"": torch.cuda.current_device()}
 
 
 def lora_target_modules(config: PretrainedConfig) -> list[str]:
@@ -327,10 +369,26 @@ def _pick_dtype(dtype: str | torch.dtype | None, load_in_4bit: bool) -> Any:
     return dtype
 
 
+def check_adapter(adapter: str | os.PathLike, what: str = "adapter") -> Path:
+    """A LoRA adapter folder with its weights as safetensors, or a one-line InputError. PEFT would also unpickle
+    an `adapter_model.bin` (arbitrary code on load): refused, like pickled base models."""
+    a = Path(adapter).expanduser()
+    if not a.exists():
+        raise InputError(f"{adapter}: {what} folder not found")
+    if not a.is_dir() or not (a / "adapter_config.json").exists():
+        raise InputError(f"{adapter}: not a LoRA adapter directory (no adapter_config.json)")
+    if not (a / "adapter_model.safetensors").exists():
+        if (a / "adapter_model.bin").exists():
+            raise InputError(
+                f"{adapter}: holds only adapter_model.bin (a pickle); adapters load from safetensors only — "
+                "re-save it with save_pretrained(safe_serialization=True)"
+            )
+        raise InputError(f"{adapter}: no adapter_model.safetensors in the adapter directory")
+    return a
+
+
 def _attach_adapter(model: PreTrainedModel, adapter: str | os.PathLike, *, trainable: bool) -> peft.PeftModel:
     from peft import PeftModel
 
-    a = Path(adapter).expanduser()
-    if not (a / "adapter_config.json").exists():
-        raise InputError(f"{adapter}: not a LoRA adapter directory (no adapter_config.json)")
+    a = check_adapter(adapter)
     return PeftModel.from_pretrained(model, str(a), is_trainable=trainable)

@@ -20,7 +20,8 @@ Formats (see docs/synth.md):
 - RM: ranking records {"prompt", "completion_0", "completion_1", "completion_2", "ranking"} (KoChatGPT's reward
   format; ranking[i] is completion_i's rank, 0 = best) and pairwise {"prompt", "chosen", "rejected"}: the three
   pairs (best, middle), (best, worst), (middle, worst) of every ranking record. "prompt" is the bare question.
-- PPO: {"prompt"} with the bare question, from held-out (split=valid) questions by default, mixed with imported
+- PPO: {"prompt", "split"} with the bare question, from both splits by default (`train ppo` trains on split=train
+  and evaluates on split=valid, the questions held out of SFT/RM), mixed with imported
   KoChatGPT prompts by ratio.
 """
 
@@ -89,7 +90,10 @@ class RMDataOptions(SplitFilesOption, DataOptions):
 
 @dataclass
 class PPODataOptions(DataOptions):
-    questions: str = option("valid", "which QA questions: valid (held out of SFT/RM) | train | all")
+    questions: str = option(
+        "all",
+        "which QA questions: all (both splits: PPO trains on train, evaluates on valid) | valid | train",
+    )
     limit: int | None = option(None, "at most N prompts (keeps the mix)")
 
     def validate(self) -> None:
@@ -113,6 +117,7 @@ def load_qa(paths: list[str | Path]) -> list[dict]:
     """Records of `dnfbot synth qa` (question, long, medium, short, subject, doc_id, chunk_id, id)."""
     out = []
     for path in paths:
+        before = len(out)
         for where, r in _records(path):
             rec = {k: require_text(r, k, where) for k in ("question", *KINDS)}
             rec.update(
@@ -123,6 +128,10 @@ def load_qa(paths: list[str | Path]) -> list[dict]:
                 source=f"synth:{r.get('generator', 'unknown')}",
             )
             out.append(rec)
+        if len(out) == before:  # a 0-record dataset downstream helps nobody: say which input was empty
+            raise InputError(
+                f"{path}: no QA records (an empty file: run `dnfbot synth qa --out {path}` first)"
+            )
     return out
 
 

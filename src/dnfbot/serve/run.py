@@ -37,15 +37,28 @@ def run_server(
     import uvicorn
 
     common = {"access_log": access_log, "log_level": log_level, "timeout_graceful_shutdown": 5,
-              "timeout_keep_alive": 15}  # fmt: skip
+              **_limits_of(app).uvicorn_options()}  # fmt: skip
     if workers <= 1:
         uvicorn.Server(uvicorn.Config(app, **common)).run(sockets=[sock])
         return
     from uvicorn.supervisors import Multiprocess
 
     os.environ[SPEC_ENV] = json.dumps(spec)  # spawned workers inherit it; it holds no secret
-    config = uvicorn.Config("dnfbot.serve.run:app_from_env", factory=True, workers=workers, **common)
+    # a worker opening the index on a busy machine can miss uvicorn's 5 s health ping and be killed in a loop
+    config = uvicorn.Config(
+        "dnfbot.serve.run:app_from_env",
+        factory=True,
+        workers=workers,
+        timeout_worker_healthcheck=60,
+        **common,
+    )
     Multiprocess(config, sockets=[sock]).run()
+
+
+def _limits_of(app) -> Limits:
+    """The app's limits (create_app keeps them on app.state): uvicorn enforces the connection-level ones."""
+    state = getattr(app, "state", None)
+    return getattr(state, "limits", None) or Limits()
 
 
 def worker_spec(backends: dict, limits: Limits, warm: bool, answer_log: str | None = None) -> dict:
@@ -87,7 +100,8 @@ class ServerThread:
 
         self.sock = bind_socket(host, port)
         self.url = f"http://{host}:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(app, access_log=False, log_level="warning", timeout_graceful_shutdown=2)
+        config = uvicorn.Config(app, access_log=False, log_level="warning", timeout_graceful_shutdown=2,
+                                **_limits_of(app).uvicorn_options())  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

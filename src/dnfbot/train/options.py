@@ -8,9 +8,10 @@ A run config (configs/*.yaml, or a finished run's summary.json) is
     sft:      {lr: 1.0e-4, packing: true, …}     # SFTOptions
     rm:       {lr: 5.0e-5, …}                    # RMOptions
     ppo:      {steps: 200, kl_coef: 0.05, …}     # PPOOptions
+    dpo:      {beta: 0.1, lr: 5.0e-5, …}         # DPOOptions
     generate: {num_beams: 3, …}                  # GenerateOptions
 
-and `dnfbot train sft|rm|ppo` and `dnfbot generate` all read it: a stage takes the top-level keys it has, then its
+and `dnfbot train sft|rm|dpo|ppo` and `dnfbot generate` all read it: a stage takes the top-level keys it has, then its
 own section (which may also set shared keys), then the command-line flags — each later one wins. Every key of the
 file is checked, whichever stage runs: an unknown key or a wrong type is an error naming the key and the file.
 A run writes its resolved options into summary.json ("config", this schema), so `--config RUN/summary.json`
@@ -90,6 +91,22 @@ class TrainerOptions(LoraOptions, ModelOptions):
     extra: dict[str, Any] = option(
         help="passed through to TRL's trainer config (keys dnfbot has no option for)", cli=False, factory=dict
     )
+    report_to: list[str] | str = option(
+        "none",
+        "where the Trainer also logs: none | tensorboard | wandb | all, or a comma list",
+        parse=comma_list,
+    )
+
+    def validate(self) -> None:
+        # transformers takes max_steps 0 as 1 step and any negative as "use epochs": refused, -1 is the default
+        if self.max_steps != -1 and self.max_steps < 1:
+            raise InputError(f"max_steps {self.max_steps}: must be >= 1 (or -1: train for `epochs`)")
+        _check_positive(self, "lr", "epochs")
+        _check_at_least(self, 1, "batch_size", "grad_accum", "max_length", "logging_steps", "save_steps")
+        _check_at_least(self, 0, "warmup_steps", "weight_decay")
+        if not 0 <= self.valid_fraction < 1:
+            raise InputError(f"valid_fraction {self.valid_fraction}: must be in [0, 1)")
+        _check_lora(self)
 
 
 @dataclass
@@ -142,8 +159,11 @@ class PPOOptions(LoraOptions, ModelOptions):
     adaptive_kl: bool = option(False, "adaptive KL controller", flag="--adaptive-kl/--fixed-kl")
     target_kl: float = option(6.0, "nats per response, for the adaptive controller")
     kl_horizon: int = option(10000, "episodes, for the adaptive controller")
+    # in units of the initial policy's reward std (normalize_reward): at 1.0 "emit EOS" outweighed the reward
+    # model's own spread and PPO optimised stopping, not the RM (issue 13); at 0.5 the RM signal dominates
     no_eos_penalty: float = option(
-        1.0, "subtracted from the normalised score of responses without EOS (0 disables)"
+        0.5,
+        "subtracted from the normalised score of responses without EOS, in initial-reward stds (0 disables)",
     )
     normalize_reward: bool = option(True, "(score - mean) / std with the initial policy's statistics")
     norm_samples: int = option(64, "prompts for those statistics")
@@ -187,9 +207,27 @@ class PPOOptions(LoraOptions, ModelOptions):
                 raise InputError(f"ppo config: {name} must be >= 1")
         if not self.temperature > 0:
             raise InputError("ppo config: temperature must be > 0")
+        _check_positive(self, "lr", "adam_eps", "max_grad_norm")
+        _check_at_least(self, 0, "kl_coef", "no_eos_penalty", "vf_coef", "cliprange", "cliprange_value")
+        _check_at_least(self, 1, "mini_batch_size", "micro_batch_size", "eval_prompts", "group_size")
+        _check_lora(self)
 
 
 ALGOS = ("ppo", "grpo", "rloo")
+
+
+@dataclass
+class DPOOptions(TrainerOptions):
+    """`dpo:` — direct preference optimisation on ranked pairs (train/dpo.py, TRL's DPOTrainer)."""
+
+    # LoRA moves far fewer weights than the full fine-tuning TRL's 1e-6 default is meant for
+    lr: float = option(5e-5, "learning rate")
+    batch_size: int = option(4, "pairs per step (2x sequences)")
+    max_length: int = option(512, "tokens per prompt + response (longer ones are cut at the end)")
+    valid_fraction: float = option(0.1, "share held out when the data file has no split field")
+    beta: float = option(0.1, "DPO beta: strength of the pull towards the reference (higher = closer)")
+    loss_type: str = option("sigmoid", "TRL loss: sigmoid (DPO) | ipo | hinge | robust | …")
+    label_smoothing: float = option(0.0, "share of pairs assumed mislabelled (robust / cDPO)")
 
 
 @dataclass
@@ -202,6 +240,7 @@ STAGES: dict[str, type] = {
     "rm": RMOptions,
     "ppo": PPOOptions,
     "generate": GenerateOptions,
+    "dpo": DPOOptions,
 }
 LORA = "lora"
 
@@ -209,16 +248,83 @@ LORA = "lora"
 # --- reading and writing run configs -------------------------------------------------------------------------
 
 
-def load_options(stage: str, config: str | os.PathLike | None = None, flags: dict | None = None) -> Any:
-    """The options of `stage`: defaults, then the run config's top level and `stage:` section, then `flags`
-    (values that are None count as not given)."""
+def load_options(
+    stage: str, config: str | os.PathLike | None = None, flags: dict | None = None, *, echo: bool = True
+) -> Any:
+    """The options of `stage`: defaults, then the model's recipe (see `read_recipe`), then the run config's top
+    level and `stage:` section, then `flags` (values that are None count as not given). What the recipe set is
+    kept on the result as `.recipe` (for the run summary) and, with `echo`, said in one line on stderr."""
     values: dict[str, Any] = {}
     where = "options"
     if config is not None:
         where = str(config)
         values = stage_values(read_run_config(config), stage, where)
     values.update({k: v for k, v in (flags or {}).items() if v is not None})
-    return build(STAGES[stage], values, where)
+    opts = _build(stage, values, where)
+    recipe = read_recipe(opts.model) if opts.model else None
+    own = (recipe or {}).get("stages", {}).get(stage) or {}
+    applied = {k: v for k, v in own.items() if k not in values}
+    if applied:
+        opts = _build(stage, {**applied, **values}, f"{recipe['file']} (stage '{stage}')")
+    opts.recipe = (
+        {"file": recipe["file"], "kind": recipe.get("kind"), "applied": applied} if applied else None
+    )
+    if applied and echo:
+        from dnfbot.console import console
+
+        shown = ", ".join(f"{k} {_show(v)}" for k, v in applied.items())
+        console.print(
+            f"[cyan]recipe[/]: {recipe['file']} ({recipe.get('kind', 'model recipe')}): {shown} "
+            "(a flag or config key overrides any of them)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return opts
+
+
+def _build(stage: str, values: dict[str, Any], where: str) -> Any:
+    """build(), with a value check's message (validate()) naming the file the values come from."""
+    try:
+        return build(STAGES[stage], values, where)
+    except InputError as e:
+        if where == "options" or str(e).startswith(where):
+            raise
+        raise InputError(f"{where}: {e}") from None
+
+
+# --- the recipe that travels with a model ----------------------------------------------------------------------
+
+
+def read_recipe(model: str | os.PathLike) -> dict | None:
+    """The training recipe a model folder carries (`dnfbot model init-tiny` writes one: a random-init demo model
+    only learns in a few dozen steps with its LM head and embeddings trained in full and a higher lr), or None.
+
+        {"kind": "...", "stages": {"sft": {"lr": 0.003, "lora_targets": "all-linear", ...}, "rm": {...}, ...}}
+
+    Each stage's values are options of that stage; the user's flags and config keys win over them. Real models
+    carry none and keep the defaults (r 8, alpha 32, lr 1e-4, the attention projections)."""
+    import json
+    from pathlib import Path
+
+    from dnfbot.models import RECIPE_FILE
+
+    path = Path(str(model)).expanduser() / RECIPE_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: unreadable recipe ({str(e).splitlines()[0]}); fix or delete it") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("stages", {}), dict):
+        raise InputError(f"{path}: a recipe is a mapping with a 'stages' mapping")
+    for stage, section in doc.get("stages", {}).items():
+        if stage in STAGES:
+            _check_section(STAGES[stage], section, str(path), f"stages.{stage}")
+    return {**doc, "file": str(path)}
+
+
+def _show(v: Any) -> str:
+    return ",".join(map(str, v)) if isinstance(v, list) else str(v)
 
 
 def read_run_config(path: str | os.PathLike) -> dict:
@@ -276,6 +382,25 @@ def require_model(opts: Any, config: str | os.PathLike | None) -> str:
             + (f" or 'model:' in {config}" if config else "")
         )
     return opts.model
+
+
+def _check_positive(opts: Any, *fields: str) -> None:
+    for name in fields:
+        if not getattr(opts, name) > 0:
+            raise InputError(f"{name} {getattr(opts, name)}: must be > 0")
+
+
+def _check_at_least(opts: Any, least: float, *fields: str) -> None:
+    for name in fields:
+        if getattr(opts, name) < least:
+            raise InputError(f"{name} {getattr(opts, name)}: must be >= {least}")
+
+
+def _check_lora(opts: Any) -> None:
+    _check_at_least(opts, 1, "lora_r")
+    _check_positive(opts, "lora_alpha")
+    if not 0 <= opts.lora_dropout < 1:
+        raise InputError(f"lora_dropout {opts.lora_dropout}: must be in [0, 1)")
 
 
 def _mapping(value: Any, where: str, key: str) -> dict:

@@ -269,8 +269,13 @@ def build_models(
     policy adapter; dtype / trust_remote_code go to every load_model."""
     from functools import partial
 
-    from dnfbot.models import add_lora, default_lora_config, load_model
+    from dnfbot.models import add_lora, check_adapter, default_lora_config, load_model
 
+    # every adapter checked before the base loads: a typo or a pickled adapter costs no start-up time
+    for path, what in ((sft_adapter, "--sft-adapter"), (reward_adapter, "--reward-adapter"),
+                       (policy_adapter, "policy adapter")):  # fmt: skip
+        if path is not None:
+            check_adapter(path, what)
     torch.manual_seed(seed)
     load = partial(load_model, load_in_4bit=load_in_4bit, dtype=dtype, trust_remote_code=trust_remote_code)
     start_adapter = policy_adapter or sft_adapter
@@ -280,6 +285,7 @@ def build_models(
         adapter=str(start_adapter) if start_adapter else None,
         adapter_trainable=True,
     )
+    lm = to_accelerator(lm)
     if not hasattr(lm, "peft_config"):
         # no SFT adapter: the base is the SFT model; train a fresh LoRA, the reference is the base (adapters off)
         lm = add_lora(lm, default_lora_config(lm.config, "causal-lm", **_lora_kwargs(lora)))
@@ -295,6 +301,7 @@ def build_models(
         pass
     elif not share_base:
         ref_model, _ = load(model, task="causal-lm", adapter=str(sft_adapter) if sft_adapter else None)
+        ref_model = to_accelerator(ref_model)
         ref_model.requires_grad_(False).eval()
         disable_dropout(ref_model)
     elif sft_adapter:
@@ -323,6 +330,7 @@ def build_models(
         rm, rm_tok = load(
             reward_model or model, task="seq-cls", adapter=str(reward_adapter) if reward_adapter else None
         )
+        rm = to_accelerator(rm)
         rm.requires_grad_(False).eval()
         disable_dropout(rm)
         pad = rm.config.pad_token_id if rm.config.pad_token_id is not None else rm_tok.pad_token_id
@@ -350,6 +358,16 @@ def build_models(
         ref_adapter=ref_adapter,
         ref_model=ref_model,
     )
+
+
+def to_accelerator(model: nn.Module) -> nn.Module:
+    """The model on the GPU when there is one and no device map placed it (4-bit loads are placed by theirs):
+    without this a bf16/fp32 PPO run — generation included — stayed on the CPU of a GPU box."""
+    if torch.cuda.is_available() and getattr(model, "hf_device_map", None) is None:
+        on = {p.device.type for p in model.parameters()}
+        if on == {"cpu"}:
+            return model.to(torch.device("cuda", torch.cuda.current_device()))
+    return model
 
 
 def _lora_kwargs(lora: Any) -> dict:

@@ -290,7 +290,7 @@ def run_ppo(
     run_args: prompts, out_dir, sft_adapter, reward_adapter, resume (see rlhf.run.start_run)."""
     run = start_run(
         opts, **run_args, find_checkpoint=latest_checkpoint, with_reference=True,
-        gradient_checkpointing=opts.gradient_checkpointing,
+        gradient_checkpointing=opts.gradient_checkpointing, echo=show_progress,
     )  # fmt: skip
     models, train_items = run.models, run.train_items
     optimizer = torch.optim.AdamW(

@@ -8,7 +8,7 @@ Reads a run directory written by `dnfbot train ppo` (any --algo):
 and writes
     report.md                      sample table Query / Response (before) / Response (after) / Reward (before) /
                                    Reward (after), mean reward before vs after with mean KL, the plots below
-    reward.png, kl.png, response_length.png   curves over training steps
+    reward.png, kl.png, response_length.png, eos_rate.png, shaped_score.png   curves over training steps
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ PLOTS = {
     "reward": ("reward", "mean reward-model score of the rollout batch"),
     "kl": ("kl", "KL(policy || reference), nats per response"),
     "response_length": ("response_length", "response length (tokens)"),
+    "eos_rate": ("eos_rate", "share of rollout responses ending with EOS"),
+    # what PPO maximises besides the KL term: normalised score minus the no-EOS penalty
+    "shaped_score": ("score_normalized", "normalised score - no-EOS penalty (PPO's objective, without KL)"),
 }
 
 

@@ -44,6 +44,41 @@ def load_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
+# below this many training prompts PPO memorises its prompts; below a batch it warns (issue 13: 1 prompt, silently)
+MIN_TRAIN_PROMPTS = 4
+
+
+def split_prompts(path: str | Path, n_eval: int, seed: int) -> tuple[list[str], list[str], str]:
+    """(train, held out, where the held-out ones come from). A file whose records carry a "split" (what
+    `dnfbot data ppo` writes) trains on split=train and evaluates on split=valid (at most `n_eval` of them);
+    a file without one holds out `n_eval` prompts drawn with `seed`."""
+    from dnfbot.datasets.splits import is_valid
+
+    rows = []
+    for where, rec in iter_records(path):
+        p = rec.get("prompt")
+        if not isinstance(p, str):
+            raise InputError(f"{where}: missing field 'prompt'")
+        if p.strip():
+            rows.append((p.strip(), rec))
+    if not rows:
+        raise InputError(f"{path}: no prompts")
+    if any("split" in rec for _, rec in rows):
+        train = [p for p, rec in rows if not is_valid(rec)]
+        valid = [p for p, rec in rows if is_valid(rec)]
+        if valid:
+            _, held = hold_out(valid, n_eval, seed) if len(valid) > n_eval else ([], valid)
+            return train, held, f"the file's split=valid ({len(held)} of {len(valid)})"
+        train, held = hold_out(train, n_eval, seed)
+        return (
+            train,
+            held,
+            f"{len(held)} drawn from the training prompts (the file has no split=valid record)",
+        )
+    train, held = hold_out([p for p, _ in rows], n_eval, seed)
+    return train, held, f"{len(held)} drawn with seed {seed} (the file has no split field)"
+
+
 def encode_queries(prompts: list[str], tokenizer: Any, max_tokens: int) -> list[tuple[str, list[int]]]:
     out = []
     for p in prompts:
@@ -99,19 +134,42 @@ def start_run(
     find_checkpoint: Callable[[Path], Path | None],
     with_reference: bool,
     gradient_checkpointing: bool,
+    force: bool = False,
+    echo: bool = True,
 ) -> Run:
     """Validate, refuse to mix runs, load prompts and models, split held-out prompts, write config.json.
 
     sft_adapter: the policy starts from it (else a fresh LoRA); reward_adapter: the reward model's LoRA on the
-    same base; resume: continue from the last complete checkpoint in `out_dir` (else refuse to mix runs)."""
+    same base; resume: continue from the last complete checkpoint in `out_dir` (else refuse to mix runs) — with
+    the options it was started with (a changed one is refused unless `force`); echo: the prompt split on stderr."""
     opts.validate()
     out = Path(out_dir)
     found = find_checkpoint(out)
     if not resume and found is not None:
         raise InputError(f"{out}: already holds checkpoints; resume (the default) or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    if found is not None and resume and not force:
+        check_same_config(out / "config.json", opts, sft_adapter, reward_adapter, prompts)
     torch.manual_seed(opts.seed)
-    all_prompts = load_prompts(prompts)[: opts.limit or None]
+    train_prompts, eval_prompts, held_note = split_prompts(prompts, opts.eval_prompts, opts.seed)
+    train_prompts = train_prompts[: opts.limit or None]
+    if len(train_prompts) < MIN_TRAIN_PROMPTS:
+        raise InputError(
+            f"{prompts}: {len(train_prompts)} training prompt(s) (split=train); PPO needs at least "
+            f"{MIN_TRAIN_PROMPTS} — `dnfbot data ppo` writes both splits, or add --import of a prompt file"
+        )
+    if echo:
+        from dnfbot.console import console
+
+        warn = len(train_prompts) < opts.batch_size
+        console.print(
+            ("[bold yellow]warning[/]: " if warn else "")
+            + f"{prompts}: {len(train_prompts)} training prompts"
+            + (f" — fewer than one batch ({opts.batch_size}): each is seen many times" if warn else "")
+            + f"; held-out: {held_note}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    out.mkdir(parents=True, exist_ok=True)
     models = build_models(
         opts.model,
         sft_adapter=sft_adapter,
@@ -125,7 +183,6 @@ def start_run(
         with_reference=with_reference,
         seed=opts.seed,
     )
-    train_prompts, eval_prompts = hold_out(all_prompts, opts.eval_prompts, opts.seed)
     train_items = encode_queries(train_prompts, models.tokenizer, opts.max_prompt_tokens)
     eval_items = encode_queries(eval_prompts, models.tokenizer, opts.max_prompt_tokens)
     if not train_items:
@@ -142,10 +199,50 @@ def start_run(
             "load_in_4bit": opts.load_in_4bit,
             "n_train_prompts": len(train_items),
             "n_eval_prompts": len(eval_items),
+            "held_out": held_note,
+            "recipe": getattr(opts, "recipe", None),
             "ppo": as_dict(opts),
         },
     )
     return Run(out, models, train_items, eval_items, found if resume else None)
+
+
+# options that may change on resume: they do not change what is trained (logging, checkpoints, threads)
+RESUMABLE_CHANGES = {"save_every", "keep_checkpoints", "threads", "forward_batch_size"}
+
+
+def check_same_config(
+    path: Path, opts: PPOOptions, sft_adapter: Any, reward_adapter: Any, prompts: Any
+) -> None:
+    """A resumed run continues the same schedule: refuse one whose options or inputs differ from config.json."""
+    if not path.exists():
+        return
+    import json
+
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise InputError(
+            f"{path}: unreadable; pass --force to resume anyway (or choose another --out)"
+        ) from None
+    now = as_dict(opts)
+    changed = [
+        f"{k} {v!r} -> {now[k]!r}"
+        for k, v in (stored.get("ppo") or {}).items()
+        if k in now and k not in RESUMABLE_CHANGES and v != now[k]
+    ]
+    for key, value in (
+        ("sft_adapter", sft_adapter),
+        ("reward_adapter", reward_adapter),
+        ("prompts", prompts),
+    ):
+        if key in stored and stored[key] != _str(value):
+            changed.append(f"{key} {stored[key]!r} -> {_str(value)!r}")
+    if changed:
+        raise InputError(
+            f"{path.parent}: resuming with other settings than the run started with ({'; '.join(changed[:4])}"
+            f"{' …' if len(changed) > 4 else ''}); give the same ones, --force to resume anyway, or another --out"
+        )
 
 
 def evaluate_before(run: Run, opts: PPOOptions) -> list[dict]:
@@ -289,6 +386,7 @@ def finish_summary(
         "parameter_bytes": models_storage_bytes(models),
         "tokens_per_s": sum(tps) / len(tps) if tps else None,
         "resumed_from": resumed_from,
+        "recipe": getattr(opts, "recipe", None),
         "elapsed_s": round(elapsed, 1),
         "adapter": str(out / "adapter"),
         "config": run_config("ppo", opts),
