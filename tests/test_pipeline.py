@@ -39,7 +39,12 @@ def test_tiny_pipeline_end_to_end(tmp_path, guide_corpus_path, polyglot_tokenize
         timeout=1200,
     )
     assert p.returncode == 0, p.stderr[-3000:]
-    lines = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
+    check_pipeline(out, p.stdout, p.stderr)
+
+
+def check_pipeline(out: Path, stdout: str, stderr: str) -> None:
+    """The assertions on a finished `scripts/pipeline_tiny.sh OUT` run (its stdout and stderr)."""
+    lines = [json.loads(x) for x in stdout.splitlines() if x.startswith("{")]
     synth, sft_data, rm_data, ppo_data, base, sft, gen, rm, ppo, report, index, answer = lines
 
     assert synth["records"] > 50 and synth["records"] + synth["rejects"] == synth["processed"]
@@ -50,7 +55,7 @@ def test_tiny_pipeline_end_to_end(tmp_path, guide_corpus_path, polyglot_tokenize
     assert (out / "base" / "dnfbot_recipe.json").exists()
 
     # every stage said it applied the model's recipe, and recorded it
-    assert p.stderr.count("recipe: ") >= 3, p.stderr[-2000:]
+    assert stderr.count("recipe: ") >= 3, stderr[-2000:]
     for s in (sft, rm, ppo):
         assert s["recipe"]["applied"]["lr"] > 1e-4 and s["recipe"]["applied"]["lora_targets"] == "all-linear"
 
