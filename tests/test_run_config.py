@@ -10,7 +10,15 @@ import pytest
 from dnfbot.cli import app
 from dnfbot.errors import InputError
 from dnfbot.options import declared, flag_decls
-from dnfbot.train.options import STAGES, PPOOptions, RMOptions, SFTOptions, load_options, run_config
+from dnfbot.train.options import (
+    STAGES,
+    DPOOptions,
+    PPOOptions,
+    RMOptions,
+    SFTOptions,
+    load_options,
+    run_config,
+)
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -69,7 +77,9 @@ def test_summary_json_reproduces_the_run(tmp_path):
     assert load_options("sft", summary) == opts
 
 
-@pytest.mark.parametrize(("verb", "cls"), [("sft", SFTOptions), ("rm", RMOptions), ("ppo", PPOOptions)])
+@pytest.mark.parametrize(
+    ("verb", "cls"), [("sft", SFTOptions), ("rm", RMOptions), ("ppo", PPOOptions), ("dpo", DPOOptions)]
+)
 def test_flags_are_generated_from_the_option_fields(verb, cls):
     import typer
 
@@ -86,3 +96,14 @@ def test_flags_are_generated_from_the_option_fields(verb, cls):
 def test_rm_shares_sft_options():
     sft, rm = {d.name for d in declared(SFTOptions)}, {d.name for d in declared(RMOptions)}
     assert sft - rm == {"packing"} and rm - sft == {"center_rewards_coefficient"}
+
+
+def test_report_to_is_a_declared_option(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text(
+        "model: m\nsft: {report_to: tensorboard}\ndpo: {report_to: [tensorboard, wandb], beta: 0.2}\n"
+    )
+    assert load_options("sft", f).report_to == "tensorboard"
+    assert load_options("rm", f).report_to == "none"  # the default: metrics.jsonl only
+    dpo = load_options("dpo", f)
+    assert (dpo.report_to, dpo.beta) == (["tensorboard", "wandb"], 0.2)

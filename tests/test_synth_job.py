@@ -110,6 +110,7 @@ def test_scripted_server_records_rejects_retries_tokens(tmp_path, server):
         "http_5xx": 1,
         "timeout": 1,
         "connection": 0,
+        "bad_reply": 0,
         "invalid_reply": 5,
         "total": 8,
     }
@@ -155,6 +156,41 @@ def test_server_failures_are_retryable_and_a_dead_server_stops_the_job(tmp_path,
     with pytest.raises(InputError, match="2 passages in a row"):
         run_synth(opts(out, server.base_url, policy=policy, max_failures=2, max_concurrency=1), [corpus])
     assert len(read_jsonl(out)) == 1
+
+
+def test_empty_and_non_completion_replies_are_retried_never_final_rejects(tmp_path, server):
+    # a faulty server (or proxy) answers 200 with an empty completion, no choices, or an HTML page
+    marks = ["empty-once", "no-choices-once", "not-json-once", "ok"]
+    corpus = write_corpus(tmp_path / "c.jsonl", marks)
+    out = tmp_path / "qa.jsonl"
+    s = run_synth(opts(out, server.base_url), [corpus])
+    assert s["records"] == 4 and s["rejects"] == 0 and s["retries"]["bad_reply"] == 3
+
+    # no retries left: each becomes a *retryable* reject, and a re-run (now healthy) synthesises all three
+    out2, fresh = tmp_path / "qa2.jsonl", tmp_path / "c2.jsonl"
+    corpus2 = write_corpus(fresh, ["empty-once", "no-choices-once", "not-json-once"])
+    server._attempts.clear()
+    no_retry = RetryPolicy(max_retries=0, backoff=0.01, max_backoff=0.02, timeout=1.0)
+    s = run_synth(opts(out2, server.base_url, policy=no_retry), [corpus2])
+    rejects = read_jsonl(tmp_path / "qa2.rejects.jsonl")
+    assert s["records"] == 0 and len(rejects) == 3 and all(r["retryable"] for r in rejects)
+    assert any("not a chat completion" in r["reason"] and "html" in r["reason"] for r in rejects)
+    s2 = run_synth(opts(out2, server.base_url, policy=no_retry), [corpus2])
+    assert s2["records"] == 3 and len(read_jsonl(out2)) == 3
+
+
+def test_an_old_empty_reply_reject_is_tried_again(tmp_path, server):
+    corpus = write_corpus(tmp_path / "c.jsonl", ["ok"])
+    out = tmp_path / "qa.jsonl"
+    s = run_synth(opts(out, server.base_url), [corpus])
+    rec = read_jsonl(out)[0]
+    out.write_text("", encoding="utf-8")  # as an older version left it: the reply was empty, kept as final
+    old = {"id": rec["id"], "doc_id": "d0", "reason": "invalid reply: empty", "retryable": False}
+    (tmp_path / "qa.rejects.jsonl").write_text(
+        json.dumps({**old, "generator": "openai", "reply": ""}) + "\n", encoding="utf-8"
+    )
+    s = run_synth(opts(out, server.base_url), [corpus])
+    assert s["records"] == 1 and s["already_done"] == 0
 
 
 def test_unreachable_server_is_a_counted_reject(tmp_path):

@@ -13,3 +13,21 @@ class InputError(DnfbotError):
 
 class IndexMissingError(DnfbotError):
     """No index where one was expected."""
+
+
+class IndexDamagedError(IndexMissingError):
+    """The live index is incomplete, truncated or unreadable. `sources` are the corpus paths it was built from,
+    when its manifest still says (then it can be rebuilt without asking)."""
+
+    def __init__(
+        self, message: str, sources: list[str] | None = None, reason: str = "", build_name: str | None = None
+    ):
+        super().__init__(message)
+        self.sources = sources
+        self.reason = reason or message
+        self.build_name = build_name  # the build found unreadable, when one was
+
+
+class OutputError(DnfbotError):
+    """A file or folder could not be written (disk full, permission, a path that is a folder or under a file).
+    The message names the path; whatever was there before is left as it was."""

@@ -195,7 +195,7 @@ def load_model(
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         if device_map is None and torch.cuda.is_available():
-            device_map = {"": torch.cuda.current_device()}
+            device_map = quantized_device_map()
     if device_map is not None:
         kwargs["device_map"] = device_map
     if task == "seq-cls":
@@ -220,6 +220,18 @@ def load_model(
     if adapter is not None:
         model = _attach_adapter(model, adapter, trainable=adapter_trainable)
     return model, tok
+
+
+def quantized_device_map() -> dict[str, int]:
+    """Where a 4-bit model loads (bitsandbytes needs one device for all of it): this process's GPU. Under
+    `accelerate launch` / torchrun each process owns GPU LOCAL_RANK; the Accelerator has not yet set the current
+    device when the model loads, so torch.cuda.current_device() would put every rank on GPU 0."""
+    rank = os.environ.get("LOCAL_RANK")
+    if rank is not None:
+        return {"": int(rank)}
+    import torch
+
+    return {"": torch.cuda.current_device()}
 
 
 def lora_target_modules(config: PretrainedConfig) -> list[str]:

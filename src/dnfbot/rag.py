@@ -343,7 +343,13 @@ def open_rag(
     overrides = {k: v for k, v in dict(gen_overrides, backend=backend).items() if v is not None}
     if overrides:
         settings.generation = settings.generation.model_copy(update=overrides)
-    idx, build = open_index(settings.resolve_index_dir(index_dir), settings, on_rebuild=_say_rebuilding)
+    idx, build = open_index(
+        settings.resolve_index_dir(index_dir),
+        settings,
+        on_rebuild=_say_rebuilding,
+        on_repair=_say_repairing,
+        on_keep_stale=_say_keeping_stale,
+    )
     generator = None
     if settings.generation.backend != "extractive":
         generator = get_generator(settings.generation.backend, settings=settings.generation)
@@ -355,6 +361,20 @@ def _say_rebuilding(build: object) -> None:
     from dnfbot.console import console
 
     console.print("[yellow]corpus or settings changed since the index was built: rebuilding…")
+
+
+def _say_repairing(reason: str) -> None:
+    from dnfbot.console import console
+
+    console.print(
+        f"index is damaged ({reason}): rebuilding it…", style="yellow", markup=False, soft_wrap=True
+    )
+
+
+def _say_keeping_stale(msg: str) -> None:
+    from dnfbot.console import console
+
+    console.print(f"warning: {msg}; answering from it as it is", style="yellow", markup=False, soft_wrap=True)
 
 
 def read_questions(path: str | os.PathLike) -> list[str]:

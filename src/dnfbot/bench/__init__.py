@@ -33,6 +33,8 @@ BENCHMARKS = {
     "serve": "dnfbot.bench.serve:ServeBench",
     "train": "dnfbot.bench.train:TrainBench",
     "ppo": "dnfbot.bench.ppo:PPOBench",
+    "index": "dnfbot.bench.index_scale:IndexScaleBench",
+    "feedback": "dnfbot.bench.feedback:FeedbackBench",
 }
 
 

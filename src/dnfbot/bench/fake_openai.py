@@ -19,6 +19,10 @@ A marker in the prompt scripts the behaviour, per distinct prompt:
     [[fake:500-always]]     HTTP 500 every time
     [[fake:slow-once]]      first reply only after `slow` seconds (past a client's timeout), then well-formed
     [[fake:hang]]           never answers
+    [[fake:empty-once]]     HTTP 200 with an empty completion first, then well-formed
+    [[fake:no-choices-once]] HTTP 200 with a JSON object that has no choices first, then well-formed
+    [[fake:not-json-once]]  HTTP 200 with an HTML body (a proxy's page) first, then well-formed
+    [[fake:not-json-always]] HTTP 200 with an HTML body every time
 
 Attributes a test may change while it runs: `status` (not 200: every chat request fails with it), `latency`
 (seconds before each reply), `token_delay_s` (pause after each streamed token). With `api_key` set, a request
@@ -177,8 +181,10 @@ class FakeOpenAI:
                 if isinstance(payload, list):  # a stream of server-sent events
                     await self._send_events(writer, payload)
                     continue
-                data = json.dumps(payload, ensure_ascii=False).encode()
-                head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}", "content-type: application/json"]
+                raw = isinstance(payload, bytes)  # a body that is not JSON (what a misconfigured proxy sends)
+                data = payload if raw else json.dumps(payload, ensure_ascii=False).encode()
+                ctype = "text/html; charset=utf-8" if raw else "application/json"
+                head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}", f"content-type: {ctype}"]
                 head += [f"{k}: {v}" for k, v in extra.items()]
                 head.append(f"content-length: {len(data)}")
                 writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
@@ -237,6 +243,10 @@ class FakeOpenAI:
             )
         if mark == "500-always" or (mark == "500-once" and n == 1):
             return 500, {}, _error("internal error", "server_error")
+        if mark == "not-json-always" or (mark == "not-json-once" and n == 1):
+            return 200, {}, b"<html><body>502 Bad Gateway (a proxy's page)</body></html>"
+        if mark == "no-choices-once" and n == 1:
+            return 200, {}, {"id": "chatcmpl-fake", "object": "chat.completion", "choices": []}
         user = next((str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), "")
         subject = (_SUBJECT.search(user) or [None, "이 글"])[1]
         content = rag_reply(user)
@@ -244,6 +254,8 @@ class FakeOpenAI:
             content = malformed_reply(subject)
         elif content is None:
             content = short_long_reply(subject) if mark == "short-long" else good_reply(subject)
+        if mark == "empty-once" and n == 1:
+            content = ""
         model = req.get("model", "fake-model")
         if req.get("stream"):
             return 200, {}, _events(model, content)

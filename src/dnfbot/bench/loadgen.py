@@ -82,18 +82,18 @@ class Conn:
         return b"".join([c async for c in self.chunks(headers)])
 
 
-def _target(url: str) -> tuple[str, int]:
+def target(url: str) -> tuple[str, int]:
     u = urlparse(url)
     return u.hostname or "127.0.0.1", u.port or 80
 
 
-def _pct(seconds: list[float]) -> dict:
+def percentiles(seconds: list[float]) -> dict:
     return latency_ms(seconds, (50, 95, 99), digits=2, with_max=True)
 
 
 async def run_ask(url: str, questions: list[str], duration: float, concurrency: int, key: str | None) -> dict:
     """Closed loop: `concurrency` clients, each asking its next question as soon as the last answer arrives."""
-    host, port = _target(url)
+    host, port = target(url)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     errors: list[str] = []
@@ -139,7 +139,7 @@ async def run_ask(url: str, questions: list[str], duration: float, concurrency: 
         "seconds": round(wall, 2),
         "rps": round(ok / wall, 1),
         "concurrency": concurrency,
-        **_pct(latencies),
+        **percentiles(latencies),
     }
 
 
@@ -183,7 +183,7 @@ async def _stream_once(host: str, port: int, question: str, key: str | None, tim
 
 async def run_ttft(url: str, questions: list[str], requests: int, key: str | None) -> dict:
     """Sequential streaming requests on an idle server: time to first token and to the end of the stream."""
-    host, port = _target(url)
+    host, port = target(url)
     results = [
         await _stream_once(host, port, questions[i % len(questions)], key, 60) for i in range(requests)
     ]
@@ -191,14 +191,14 @@ async def run_ttft(url: str, questions: list[str], requests: int, key: str | Non
     return {
         "requests": requests,
         "ok": len(ok),
-        "ttft": _pct([r["ttft"] for r in ok if r["ttft"] is not None]),
-        "total": _pct([r["total"] for r in ok]),
+        "ttft": percentiles([r["ttft"] for r in ok if r["ttft"] is not None]),
+        "total": percentiles([r["total"] for r in ok]),
     }
 
 
 async def run_burst(url: str, questions: list[str], clients: int, key: str | None, timeout: float) -> dict:
     """`clients` streaming requests at once: each must be served to [DONE] or refused with 429 + Retry-After."""
-    host, port = _target(url)
+    host, port = target(url)
     t0 = time.perf_counter()
     results = await asyncio.gather(
         *(_stream_once(host, port, questions[i % len(questions)], key, timeout) for i in range(clients))
@@ -215,7 +215,7 @@ async def run_burst(url: str, questions: list[str], clients: int, key: str | Non
         "failed": other,
         "failure_examples": [r for r in results if r not in served and r not in refused][:5],
         "seconds": round(time.perf_counter() - t0, 2),
-        "served_total": _pct([r["total"] for r in served]),
+        "served_total": percentiles([r["total"] for r in served]),
     }
 
 

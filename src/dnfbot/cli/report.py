@@ -28,14 +28,19 @@ def plot_metrics_cmd(
 
 @report.command("rlhf")
 def report_rlhf(
-    run: Path = typer.Option(..., "--run", help="run directory of `dnfbot train ppo`"),
+    run: Path = typer.Option(..., "--run", help="run directory of `dnfbot train ppo` (or `train dpo`)"),
     output: Path = typer.Option(None, "--out", help="Markdown file (default: RUN/report.md)"),
     samples: int = typer.Option(8, "--samples", help="sample prompts in the table"),
     json_out: bool = JSON,
 ):
-    """Before/after table, mean reward and KL, PNG curves of reward, KL and response length."""
+    """Before/after table, mean reward and KL, PNG curves of reward, KL and response length (PPO/GRPO/RLOO); for a
+    `train dpo` run, the held-out implicit reward margin before/after and its sample pairs."""
     from dnfbot.console import console, out
+    from dnfbot.train.dpo import is_dpo_run
     from dnfbot.train.rlhf.report import build_report
+
+    if is_dpo_run(run):
+        from dnfbot.train.dpo import build_report
 
     def human(r: dict) -> None:
         out.print(Path(r["report"]).read_text(encoding="utf-8"), markup=False, highlight=False)

@@ -27,12 +27,17 @@ def serve(
         False, "--warm/--no-warm", help="analyse every passage for the extractive back end at start-up"
     ),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log"),
+    answer_log: bool = typer.Option(
+        True, "--log/--no-log", help="log every answer for feedback ($DNFBOT_FEEDBACK_DB or $DNFBOT_HOME)"
+    ),
     json_out: bool = typer.Option(False, "--json", help="print one JSON line {url, …} once listening"),
     options: dict = None,
 ):
     """OpenAI-compatible HTTP API over the guide RAG (bearer key from $DNFBOT_API_KEY if set)."""
     from dnfbot.console import console, emit_json
     from dnfbot.errors import InputError
+    from dnfbot.feedback.db import default_url, display
+    from dnfbot.feedback.store import AnswerLog
     from dnfbot.generate.endpoints import is_loopback
     from dnfbot.options import build
     from dnfbot.serve.app import create_app
@@ -45,7 +50,10 @@ def serve(
     backends = open_backends(**args)  # in the parent too: a bad index or back end fails here, in one line
     if workers > 1 and backends.default == "hf":
         raise InputError("--workers: the hf back end runs in one worker (each would load its own model)")
-    app_ = create_app(backends, api_key=api_key, limits=limits, warm=warm)
+    log_url = default_url(backends.get(None).settings.home) if answer_log else None
+    # --workers N: each worker opens its own writer from the spec; the parent serves nothing.
+    app_ = create_app(backends, api_key=api_key, limits=limits, warm=warm,
+                      answer_log=AnswerLog(log_url) if log_url and workers <= 1 else None)  # fmt: skip
     sock = bind_socket(host, port)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{sock.getsockname()[1]}"
     if not is_loopback(host) and not api_key:
@@ -53,13 +61,13 @@ def serve(
             f"[yellow]warning: listening on {host} without DNFBOT_API_KEY: anyone who can reach it can use it"
         )
     info = {"url": url, "backends": backends.names, "default": backends.default, "auth": bool(api_key),
-            "workers": workers}  # fmt: skip
+            "workers": workers, "answer_log": display(log_url) if log_url else None}  # fmt: skip
     if json_out:
         emit_json(info)
     console.print(
         f"[green]dnfbot API[/] on {url}  (back ends: {', '.join(backends.names)}; OpenAI base URL {url}/v1)"
     )
-    spec = worker_spec(args, limits, warm) if workers > 1 else None
+    spec = worker_spec(args, limits, warm, log_url) if workers > 1 else None
     run_server(app_, sock, access_log=access_log, workers=workers, spec=spec)
 
 
@@ -68,6 +76,7 @@ def serve(
 def ui(
     host: str = HOST,
     port: int = typer.Option(8501, "--port", min=1, max=65535),
+    answer_log: bool = typer.Option(True, "--log/--no-log", help="log answers and show 👍/👎 and 고쳐 쓰기"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON line {url} before starting"),
     options: dict = None,
 ):
@@ -86,7 +95,7 @@ def ui(
         "--server.address", host, "--server.port", str(port), "--server.headless", "true",
         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
         "--global.developmentMode", "false", "--client.toolbarMode", "viewer",
-        "--", *as_flags(options, AnswerFlags),
+        "--", *as_flags(options, AnswerFlags), *([] if answer_log else ["--no-log"]),
     ]  # fmt: skip
     url = f"http://{host}:{port}"
     if json_out:

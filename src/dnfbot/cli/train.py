@@ -1,4 +1,4 @@
-"""`dnfbot train sft | rm | ppo | merge | embedder` and `dnfbot reward score | train`.
+"""`dnfbot train sft | rm | dpo | ppo | merge | ranker | embedder | static-embedder` and `dnfbot reward score | train`.
 
 Every hyper-parameter is a field of an option dataclass in train/options.py; the flags are generated from it and
 `--config` reads the one run-config schema described there (flags win over the file)."""
@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from dnfbot.cli.options import CONFIG, JSON, RUN_CONFIG, IndexFlags, show, with_options
-from dnfbot.train.options import PPOOptions, RMOptions, SFTOptions
+from dnfbot.train.options import DPOOptions, PPOOptions, RMOptions, SFTOptions
 
 train = typer.Typer(no_args_is_help=True)
 reward = typer.Typer(no_args_is_help=True)
@@ -22,7 +22,12 @@ RESUME = typer.Option(True, "--resume/--no-resume", help="continue from the last
 def _print_run(s: dict) -> None:
     from dnfbot.console import out
 
-    if s.get("eval_loss") is not None:
+    if s.get("valid_margin_after") is not None:
+        metric = (
+            f"held-out implicit reward margin {s['valid_margin_before']:+.3f} → {s['valid_margin_after']:+.3f} "
+            f"(accuracy {s['valid_accuracy_after']:.3f})"
+        )
+    elif s.get("eval_loss") is not None:
         metric = f"eval_loss {s['eval_loss']:.4f}"
     elif s.get("valid_accuracy") is not None:
         metric = f"valid accuracy {s['valid_accuracy']:.3f}"
@@ -47,6 +52,12 @@ STAGES = {
         RMOptions,
         'JSONL of {"prompt","chosen","rejected"}',
         "Reward model: 1-label classifier + LoRA on ranked pairs (TRL RewardTrainer); reports pair accuracy.",
+    ),
+    "dpo": (
+        DPOOptions,
+        'JSONL of {"prompt","chosen","rejected"} (`dnfbot data rm` pairs)',
+        "DPO on ranked pairs with (Q)LoRA (TRL DPOTrainer; reference = the base, adapter disabled); reports the "
+        "held-out implicit reward margin before → after.",
     ),
 }
 
@@ -75,13 +86,18 @@ def _trainer_command(stage: str):
         model = require_model(opts, config)
         if stage == "sft":
             from dnfbot.train.sft import run_sft as run
+        elif stage == "dpo":
+            from dnfbot.train.dpo import run_dpo as run
         else:
             from dnfbot.train.reward import run_reward as run
         summary = run(
             model, data, out_dir, options=opts, eval_data=eval_data, resume=resume and not overwrite,
             overwrite=overwrite,
         )  # fmt: skip
-        show(summary, json_out, _print_run)
+        from dnfbot.train.common import is_main_process
+
+        if is_main_process():  # under `accelerate launch`, one summary for the whole run
+            show(summary, json_out, _print_run)
 
     command.__doc__ = doc
     return command
@@ -89,6 +105,7 @@ def _trainer_command(stage: str):
 
 train.command("sft")(_trainer_command("sft"))
 train.command("rm")(_trainer_command("rm"))
+train.command("dpo")(_trainer_command("dpo"))
 reward.command("train")(_trainer_command("rm"))  # the same verb under the reward group
 
 
@@ -213,7 +230,7 @@ def train_ranker(
 
 @train.command("embedder")
 def train_embedder(
-    model: str = typer.Option(..., "--model", help="sentence-transformers model folder"),
+    model: str = typer.Option(..., "--model", help="sentence-transformers model folder, or e5-small"),
     pairs: Path = typer.Option(..., "--pairs", help="pairs JSONL from `dnfbot data pairs`"),
     out_dir: Path = typer.Option(..., "--out", help="output folder (final model + epoch-N checkpoints)"),
     epochs: int = typer.Option(3, "--epochs", min=1),
@@ -229,6 +246,16 @@ def train_embedder(
     ),
     max_pairs: int = typer.Option(None, "--max-pairs", min=2),
     seed: int = typer.Option(0, "--seed"),
+    freeze_layers: int = typer.Option(
+        0, "--freeze-layers", min=0, help="freeze the embeddings and the lowest N layers (CPU: e5 with 6)"
+    ),
+    freeze_embeddings: bool = typer.Option(
+        False, "--freeze-embeddings", help="freeze the token/position embeddings only"
+    ),
+    gradient_checkpointing: bool = typer.Option(
+        False, "--gradient-checkpointing", help="recompute activations in the backward pass (less memory)"
+    ),
+    max_steps: int = typer.Option(None, "--max-steps", min=1, help="stop after N steps (a bounded run)"),
     index_dir: Path = typer.Option(None, "--index-dir", help="BM25 index for --hard-negatives"),
     threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0 = torch's default)"),
     config: Path = CONFIG,
@@ -251,14 +278,57 @@ def train_embedder(
         from dnfbot.retrieval.index import open_index
 
         index, _ = open_index(s.resolve_index_dir(index_dir), s, refresh=False)
+    from dnfbot.retrieval.encoders import model_folder, resolve_prefixes
+
+    # empty prefixes in the settings = the model's own prompts (e5: "query: " / "passage: ")
+    prefixes = resolve_prefixes(model, "sentence-transformers", s.dense.query_prefix, s.dense.passage_prefix)
     cfg = EmbedTrainConfig(
-        model=model, pairs=str(pairs), out=str(out_dir), epochs=epochs, batch_size=batch_size, lr=lr,
-        max_seq_length=max_seq_length, hard_negatives=hard_negatives, query_prefix=s.dense.query_prefix,
-        passage_prefix=s.dense.passage_prefix, seed=seed, max_pairs=max_pairs,
+        model=model_folder(model, s.home), pairs=str(pairs), out=str(out_dir), epochs=epochs,
+        batch_size=batch_size, lr=lr, max_seq_length=max_seq_length, hard_negatives=hard_negatives,
+        query_prefix=prefixes[0], passage_prefix=prefixes[1], seed=seed, max_pairs=max_pairs,
+        freeze_layers=freeze_layers, freeze_embeddings=freeze_embeddings,
+        gradient_checkpointing=gradient_checkpointing, max_steps=max_steps,
     )  # fmt: skip
     show(run(cfg, index=index), json_out, lambda r: out.print(
-        f"[green]trained[/] {r['train_pairs']} pairs × {epochs} epochs ({r['steps']} steps, "
-        f"{r['seconds']:.0f}s): loss {r['first_loss']:.3f} → {r['last_loss']:.3f}; model in {out_dir}"
+        f"[green]trained[/] {r['train_pairs']} pairs, {r['steps']} steps ({r['seconds']:.0f}s, "
+        f"{r['seconds_per_step']} s/step, {r['trainable_parameters'] / 1e6:.1f}M of "
+        f"{r['total_parameters'] / 1e6:.1f}M parameters trained, peak {r['peak_rss_mb']} MB): "
+        f"loss {r['first_loss']:.3f} → {r['last_loss']:.3f}; model in {out_dir}"
+    ))  # fmt: skip
+
+
+@train.command("static-embedder")
+def train_static_embedder(
+    pairs: Path = typer.Option(
+        ..., "--pairs", help="pairs JSONL from `dnfbot data pairs` (train split used)"
+    ),
+    out_dir: Path = typer.Option(..., "--out", help="folder for the static model (use it as dense.model)"),
+    dim: int = typer.Option(256, "--dim", min=8),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+    batch_size: int = typer.Option(128, "--batch-size", min=2),
+    lr: float = typer.Option(0.02, "--lr"),
+    min_count: int = typer.Option(2, "--min-count", min=1, help="drop features seen fewer times"),
+    seed: int = typer.Option(0, "--seed"),
+    idf_from_corpus: bool = typer.Option(
+        True, "--idf-from-corpus/--idf-from-pairs", help="feature weights from the corpus chunks"
+    ),
+    config: Path = CONFIG,
+    json_out: bool = JSON,
+):
+    """The in-house fallback: static embeddings (Kiwi morphemes + bigrams) trained from scratch on the pairs."""
+    from dnfbot.config import load_settings
+    from dnfbot.console import out
+    from dnfbot.retrieval.static_embed import train_static
+
+    s = load_settings(config)
+    r = train_static(
+        pairs, out_dir, dim=dim, epochs=epochs, batch_size=batch_size, lr=lr, min_count=min_count, seed=seed,
+        corpus=s.corpus if idf_from_corpus else None, chunk=s.chunk,
+    )  # fmt: skip
+    show(r, json_out, lambda r: out.print(
+        f"[green]trained[/] static embeddings: {r['vocab']} features × {r['dim']}, {r['train_pairs']} pairs, "
+        f"{r['steps']} steps in {r['seconds']:.0f}s (loss {r['first_loss']:.3f} → {r['last_loss']:.3f}); "
+        f"model in {out_dir} — `dnfbot index build --dense-model {out_dir}`"
     ))  # fmt: skip
 
 

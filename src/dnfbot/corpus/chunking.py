@@ -55,10 +55,14 @@ def _best_cut(levels: list[list[int]], lo: int, hi: int) -> int:
 
 
 def _next_start(levels: list[list[int]], end: int, overlap: int, start: int) -> int:
-    """Start the next chunk about `overlap` characters before `end`, on the finest-but-clean boundary."""
+    """Start the next chunk about `overlap` characters before `end`, on the finest-but-clean boundary.
+
+    It starts at least a quarter of the chunk's length after `start`, so the number of chunks (and the cost of
+    chunking) stays linear in the text's length whatever the overlap (overlap 999 / size 1000 would otherwise
+    advance one character per chunk)."""
     if overlap <= 0:
         return end
-    lo = max(start + 1, end - overlap)
+    lo = max(start + max(1, (end - start) // 4), end - overlap)
     for positions in levels:
         j = bisect.bisect_left(positions, lo)
         if j < len(positions) and positions[j] < end - 1:

@@ -24,7 +24,7 @@ from dnfbot.corpus.clean import (
 from dnfbot.corpus.loaders import GUIDE_FIELDS, MIN_CHARS
 from dnfbot.corpus.sentences import junk_counts
 from dnfbot.errors import InputError
-from dnfbot.io import iter_jsonl, read_json
+from dnfbot.io import iter_jsonl, read_json, read_text
 
 NEAR_EMPTY_CHARS = 200
 NEAR_DUP_JACCARD = 0.8
@@ -67,9 +67,10 @@ def read_raw(path: Path) -> list[RawArticle]:
         ]
     if path.is_dir():
         return [
-            RawArticle(p.relative_to(path).as_posix(), p.stem, p.read_text("utf-8", errors="replace"), "")
+            # read as index build reads them: a file it would refuse (not UTF-8) fails the check too
+            RawArticle(p.relative_to(path).as_posix(), p.stem, read_text(p), "")
             for p in sorted(path.rglob("*"))
-            if p.suffix.lower() in {".txt", ".md"}
+            if p.is_file() and p.suffix.lower() in {".txt", ".md"}
         ]
     raise InputError(f"{path}: unknown corpus format")
 
@@ -84,6 +85,9 @@ def check(path: str | Path) -> dict:
     if not path.exists():
         raise InputError(f"{path}: corpus not found")
     arts = read_raw(path)
+    if not arts:  # nothing to check is a failed check (index build would refuse this corpus too)
+        what = "no .txt or .md files in folder" if path.is_dir() else "no articles"
+        raise InputError(f"{path}: {what}")
     cleaned = {a.doc_id: clean_text(a.raw, like_count=path.suffix == ".json") for a in arts}
     empty = [a.doc_id for a in arts if len(cleaned[a.doc_id]) < MIN_CHARS]
     near_empty = [a.doc_id for a in arts if MIN_CHARS <= len(cleaned[a.doc_id]) < NEAR_EMPTY_CHARS]

@@ -106,7 +106,10 @@ def load_guide_json(path: Path) -> list[Document]:
         title = data["title"].get(key)
         if not isinstance(title, str):
             raise InputError(f"{path}: missing field title['{key}']")
-        label = data["category1"].get(key) or ""
+        label = data["category1"].get(key)
+        if label is not None and not isinstance(label, str):
+            raise InputError(f"{path}: category1['{key}'] must be a string, got {type(label).__name__}")
+        label = label or ""
         title = clean_title(title)
         text = clean_text(raw, like_count=True)
         cats = categorize(label, title, text)
@@ -131,6 +134,9 @@ def load_jsonl(path: Path) -> list[Document]:
         meta = rec.get("metadata") or {}
         if not isinstance(meta, dict):
             raise InputError(f"{where}: field 'metadata' must be an object")
+        for name in ("category1", "category2", "category3"):
+            if meta.get(name) is not None and not isinstance(meta[name], str):
+                raise InputError(f"{where}: field 'metadata.{name}' must be a string")
         title = clean_title(str(rec.get("title") or ""))
         text = clean_text(rec["text"])
         docs.append(

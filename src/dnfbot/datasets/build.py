@@ -117,6 +117,7 @@ def load_qa(paths: list[str | Path]) -> list[dict]:
     """Records of `dnfbot synth qa` (question, long, medium, short, subject, doc_id, chunk_id, id)."""
     out = []
     for path in paths:
+        before = len(out)
         for where, r in _records(path):
             rec = {k: require_text(r, k, where) for k in ("question", *KINDS)}
             rec.update(
@@ -127,6 +128,10 @@ def load_qa(paths: list[str | Path]) -> list[dict]:
                 source=f"synth:{r.get('generator', 'unknown')}",
             )
             out.append(rec)
+        if len(out) == before:  # a 0-record dataset downstream helps nobody: say which input was empty
+            raise InputError(
+                f"{path}: no QA records (an empty file: run `dnfbot synth qa --out {path}` first)"
+            )
     return out
 
 

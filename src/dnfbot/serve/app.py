@@ -7,6 +7,10 @@
     POST /ask                  {"question", "category1..3", "history", "backend"} → what `dnfbot ask --json` prints
     POST /search               {"question", "k", "category1..3", "with_text"} → what `dnfbot search --json` prints
     GET  /healthz              liveness, back ends, index size (no key needed)
+    POST /v1/feedback          {"answer_id", "rating": up|down, "correction", "comment"} (serve/feedback.py)
+
+Every answer is logged with its trace when the app has an answer log (dnfbot/feedback): `/ask` returns its
+`answer_id`, a chat completion's `id` is `chatcmpl-<answer_id>`. Logging is queued, never waited for.
 
 The gate in front (serve/guard.py): bearer key → 401, body size → 413, in-flight requests → 429 + Retry-After.
 Bodies (serve/schemas.py): bad JSON → 400, bad fields or max_tokens over the limit → 422. Running it (one or
@@ -36,9 +40,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from dnfbot import __version__
 from dnfbot.conversation import split_messages
 from dnfbot.errors import DnfbotError, InputError
+from dnfbot.feedback.trace import Traced
 from dnfbot.generate import GenerationRequest, Generator
 from dnfbot.retrieval.sparse import Filters
 from dnfbot.serve.backends import Backends
+from dnfbot.serve.feedback import install as install_feedback
 from dnfbot.serve.guard import Gauge, Guard, Limits, error_body
 from dnfbot.serve.schemas import AskBody, BadRequest, ChatBody, SearchBody, parse_body
 
@@ -104,6 +110,7 @@ def create_app(
     api_key: str | None = None,
     limits: Limits | None = None,
     warm: bool = False,
+    answer_log=None,
 ) -> FastAPI:
     """The API over already-opened back ends (the index is loaded once, never per request)."""
     limits = limits or Limits()
@@ -119,6 +126,8 @@ def create_app(
             threading.Thread(target=backends.warm, kwargs={"stop": stop_warming}, daemon=True).start()
         yield
         stop_warming.set()
+        if answer_log is not None:
+            await anyio.to_thread.run_sync(answer_log.close)  # write what is queued before the process ends
 
     app = FastAPI(title="dnfbot", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.backends = backends
@@ -215,8 +224,12 @@ def create_app(
             )
         rag = backends.get(body.backend)
         history = [t.model_dump() for t in body.history]
-        answer = await answer_with(rag, body.question, body.filters(), history)
-        return JSONResponse(answer.to_dict())  # plain JSON types: no jsonable_encoder pass
+        traced = Traced(answer_log, rag, "api", history, body.filters())
+        answer = await answer_with(traced.rag, body.question, body.filters(), history)
+        out = answer.to_dict()
+        if answer_log is not None:
+            out["answer_id"] = traced.done(answer)
+        return JSONResponse(out)  # plain JSON types: no jsonable_encoder pass
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -231,9 +244,16 @@ def create_app(
         question, history = split_messages(body.messages)
         filters = body.dnfbot_filters.filters() if body.dnfbot_filters else Filters()
         rag = _with_overrides(backends.get(name), max_tokens, body.temperature)
-        cid, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), _model_id(name)
+        traced = Traced(answer_log, rag, "api", history, filters, answer_id=uuid.uuid4().hex)
+        rag = traced.rag
+        cid, created, model = (
+            f"chatcmpl-{traced.id or uuid.uuid4().hex[:24]}",
+            int(time.time()),
+            _model_id(name),
+        )
         if not body.stream:
             a = await answer_with(rag, question, filters, history)
+            traced.done(a)
             return {
                 "id": cid,
                 "object": "chat.completion",
@@ -268,8 +288,10 @@ def create_app(
             yield chunk(
                 {"role": "assistant", "content": ""}, dnfbot_sources=sources, dnfbot_answered=bool(sources)
             )
+            said: list[str] = []
             try:
                 async for text in _iterate(tokens):
+                    said.append(text)
                     yield chunk({"content": text})
             except DnfbotError as e:  # headers are gone: report in-band, as OpenAI does
                 yield _sse(error_body(str(e), "upstream_error", "generator_failed"))
@@ -277,6 +299,7 @@ def create_app(
                 log.exception("stream failed")
                 yield _sse(error_body("internal error", "server_error", "internal"))
             else:
+                traced.done_stream(question, "".join(said))
                 yield chunk({}, "stop")
             yield _sse("[DONE]")
 
@@ -286,5 +309,6 @@ def create_app(
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
+    install_feedback(app, answer_log)
     app.add_middleware(Guard, api_key=api_key, limits=limits, gauge=gauge)
     return app

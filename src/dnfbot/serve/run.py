@@ -37,21 +37,35 @@ def run_server(
     import uvicorn
 
     common = {"access_log": access_log, "log_level": log_level, "timeout_graceful_shutdown": 5,
-              "timeout_keep_alive": 15}  # fmt: skip
+              **_limits_of(app).uvicorn_options()}  # fmt: skip
     if workers <= 1:
         uvicorn.Server(uvicorn.Config(app, **common)).run(sockets=[sock])
         return
     from uvicorn.supervisors import Multiprocess
 
     os.environ[SPEC_ENV] = json.dumps(spec)  # spawned workers inherit it; it holds no secret
-    config = uvicorn.Config("dnfbot.serve.run:app_from_env", factory=True, workers=workers, **common)
+    # a worker opening the index on a busy machine can miss uvicorn's 5 s health ping and be killed in a loop
+    config = uvicorn.Config(
+        "dnfbot.serve.run:app_from_env",
+        factory=True,
+        workers=workers,
+        timeout_worker_healthcheck=60,
+        **common,
+    )
     Multiprocess(config, sockets=[sock]).run()
 
 
-def worker_spec(backends: dict, limits: Limits, warm: bool) -> dict:
-    """What a worker process needs to rebuild the app: open_backends() arguments (JSON-able), limits, warm."""
+def _limits_of(app) -> Limits:
+    """The app's limits (create_app keeps them on app.state): uvicorn enforces the connection-level ones."""
+    state = getattr(app, "state", None)
+    return getattr(state, "limits", None) or Limits()
+
+
+def worker_spec(backends: dict, limits: Limits, warm: bool, answer_log: str | None = None) -> dict:
+    """What a worker process needs to rebuild the app: open_backends() arguments (JSON-able), limits, warm, and
+    the answer log's URL (each worker writes through its own writer; SQLite serialises them)."""
     return {"backends": {k: str(v) if isinstance(v, os.PathLike) else v for k, v in backends.items()},
-            "limits": asdict(limits), "warm": warm}  # fmt: skip
+            "limits": asdict(limits), "warm": warm, "answer_log": answer_log}  # fmt: skip
 
 
 def app_from_env() -> FastAPI:
@@ -59,6 +73,7 @@ def app_from_env() -> FastAPI:
     key comes from $DNFBOT_API_KEY, as in the parent."""
     from pathlib import Path
 
+    from dnfbot.feedback.store import AnswerLog
     from dnfbot.serve.app import create_app
     from dnfbot.serve.backends import open_backends
 
@@ -71,6 +86,7 @@ def app_from_env() -> FastAPI:
         api_key=os.environ.get("DNFBOT_API_KEY") or None,
         limits=Limits(**spec["limits"]),
         warm=spec["warm"],
+        answer_log=AnswerLog(spec["answer_log"]) if spec.get("answer_log") else None,
     )
 
 
@@ -84,7 +100,8 @@ class ServerThread:
 
         self.sock = bind_socket(host, port)
         self.url = f"http://{host}:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(app, access_log=False, log_level="warning", timeout_graceful_shutdown=2)
+        config = uvicorn.Config(app, access_log=False, log_level="warning", timeout_graceful_shutdown=2,
+                                **_limits_of(app).uvicorn_options())  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

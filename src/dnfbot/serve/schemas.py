@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dnfbot.retrieval.sparse import Filters
+
+# A guide question is a line or two; longer is a paste (or an attack on the tokenizer).
+MAX_QUESTION_CHARS = 4000
 
 
 class Body(BaseModel):
@@ -29,13 +32,13 @@ class FilterBody(Body):
 
 
 class AskBody(FilterBody):
-    question: str = Field(min_length=1)
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     history: list[Turn] = Field(default_factory=list, max_length=100)
     backend: str | None = None
 
 
 class SearchBody(FilterBody):
-    question: str = Field(min_length=1)
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     k: int = Field(5, ge=1, le=100)
     with_text: bool = False
 
@@ -51,6 +54,19 @@ class ChatBody(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     n: int | None = Field(None, ge=1, le=1)
     dnfbot_filters: FilterBody | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _short_enough(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for m in messages:
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, str) and len(content) > MAX_QUESTION_CHARS * 5:  # history turns are longer
+                raise ValueError(f"a message is over {MAX_QUESTION_CHARS * 5} characters")
+        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        last = users[-1].get("content") if users else None
+        if isinstance(last, str) and len(last) > MAX_QUESTION_CHARS:
+            raise ValueError(f"the question (last user message) is over {MAX_QUESTION_CHARS} characters")
+        return messages
 
 
 class BadRequest(Exception):

@@ -1,7 +1,7 @@
 """One chat completion against any OpenAI-compatible server, with our own retry loop.
 
 The official `openai` client is built with max_retries=0 so that every retry is ours and counted. Retried:
-HTTP 429, 5xx, timeouts and connection errors, with exponential backoff and jitter
+HTTP 429, 5xx, timeouts, connection errors and 200s that are no completion (empty, no choices, not JSON), with exponential backoff and jitter
 (delay_n = min(cap, base * 2**n), slept as uniform(delay_n / 2, delay_n)); a server's Retry-After
 (or retry-after-ms) is honoured as a floor and pauses every worker, not just the one that got the 429.
 401/403/404 stop the whole job (every request would fail the same way); other 4xx reject one passage.
@@ -134,7 +134,7 @@ class ChatClient:
             wait = self._pause_until - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            retry_after = None
+            retry_after, problem = None, None
             self.stats.requests += 1
             try:
                 resp = await self._client.post(
@@ -147,7 +147,12 @@ class ChatClient:
                     },
                     cast_to=ChatCompletion,
                 )
-                return _reply(resp)
+                reply, problem = _reply(resp)
+                if problem is None:
+                    return reply
+                kind = (
+                    "bad_reply"  # the server's fault, not the passage's: retried, and retryable if it stays
+                )
             except openai.APITimeoutError:
                 kind = "timeout"
             except openai.APIConnectionError:
@@ -167,7 +172,8 @@ class ChatClient:
                 kind = "http_429" if status == 429 else "http_5xx"
                 retry_after = parse_retry_after(e.response.headers)
             if retry >= self.policy.max_retries:
-                raise RequestFailed(f"{kind} after {retry + 1} attempts", kind)
+                detail = f" ({problem})" if problem else ""
+                raise RequestFailed(f"{kind} after {retry + 1} attempts{detail}", kind)
             delay = self.policy.delay(retry, self._rng)
             if retry_after is not None:
                 delay = max(delay, retry_after)
@@ -177,14 +183,22 @@ class ChatClient:
             await asyncio.sleep(delay)
 
 
-def _reply(resp) -> Reply:
-    text = ""
-    if getattr(resp, "choices", None):
-        text = resp.choices[0].message.content or ""
+def _reply(resp) -> tuple[Reply | None, str | None]:
+    """(the reply, None), or (None, what is wrong) for a 200 that is no completion: a non-JSON body (the
+    openai client then hands back its text), no choices, or empty content. Those are faults of the server or a
+    proxy, so they must not become content rejects that a later run would skip."""
+    if isinstance(resp, str | bytes) or not hasattr(resp, "choices"):
+        body = " ".join(str(resp if not isinstance(resp, bytes) else resp[:200]).split())[:80]
+        return None, f"HTTP 200 but not a chat completion: {body!r}"
+    if not resp.choices:
+        return None, "HTTP 200 with no choices"
+    text = resp.choices[0].message.content or ""
+    if not text.strip():
+        return None, f"HTTP 200 with an empty completion (finish_reason {resp.choices[0].finish_reason!r})"
     usage = getattr(resp, "usage", None)
     if usage is not None and usage.prompt_tokens is not None:
-        return Reply(text, int(usage.prompt_tokens), int(usage.completion_tokens or 0), True)
-    return Reply(text, 0, 0, False)
+        return Reply(text, int(usage.prompt_tokens), int(usage.completion_tokens or 0), True), None
+    return Reply(text, 0, 0, False), None
 
 
 def _short(e: Exception) -> str:

@@ -46,7 +46,7 @@ RECORD_FIELDS = (
     "usage",
 )
 PROCESS_POOL_MIN_PASSAGES = 200
-RETRY_KINDS = ("http_429", "http_5xx", "timeout", "connection", "invalid_reply")
+RETRY_KINDS = ("http_429", "http_5xx", "timeout", "connection", "bad_reply", "invalid_reply")
 
 
 @dataclass
@@ -178,8 +178,17 @@ def finished_keys(out: Path, retry_rejects: bool) -> tuple[set[str], set[str]]:
     if rej.exists() and not retry_rejects:
         for r in iter_jsonl(rej, allow_torn_tail=True):
             if "id" in r:
-                (skip.discard if r.get("retryable") else skip.add)(r["id"])
+                (skip.discard if _retryable(r) else skip.add)(r["id"])
     return done, skip - done
+
+
+def _retryable(reject: dict) -> bool:
+    # Older versions stored an empty reply from a faulty server as a content reject: it says nothing about
+    # the passage, so it is tried again like a transport fault.
+    empty_reply = (
+        reject.get("generator") == "openai" and "reply" in reject and not str(reject["reply"] or "").strip()
+    )
+    return bool(reject.get("retryable")) or empty_reply
 
 
 def _base(task: Task, generator: str, **fields) -> dict:

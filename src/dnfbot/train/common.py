@@ -194,25 +194,33 @@ def finish_run(run: Run, trainer: Any, result: Any, metrics: dict, *, title: str
         "recipe": getattr(opts, "recipe", None),  # what the model's dnfbot_recipe.json set (train/options.py)
         "config": run_config(run.stage, opts),
     }
-    write_summary(run.out, summary)
-    card_options = {k: v for k, v in as_dict(opts).items() if k != "extra"}
-    write_model_card(run.out, title=title, summary=summary, options=card_options, usage=usage)
+    if is_main_process():
+        write_summary(run.out, summary)
+        card_options = {k: v for k, v in as_dict(opts).items() if k != "extra"}
+        write_model_card(run.out, title=title, summary=summary, options=card_options, usage=usage)
     return {k: v for k, v in summary.items() if k != "config"}
 
 
 # --- metrics ---------------------------------------------------------------------------------------------------
 
 
+def is_main_process() -> bool:
+    """False on the other ranks of a multi-process launch (`accelerate launch` / torchrun set RANK): only rank 0
+    writes a run's files and progress lines, while every rank trains."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 class MetricsWriter:
-    """Append-only metrics JSONL plus one human progress line per record on stderr.
+    """Append-only metrics JSONL plus one human progress line per record on stderr (rank 0 only).
 
     `log(step, **values)` adds {"step", "time", **values}; with `total_steps` known it also reports an ETA."""
 
     def __init__(self, path: str | os.PathLike, *, total_steps: int | None = None, echo: bool = True):
         self.path = Path(path)
         self.total_steps = total_steps
-        self.echo = echo
-        self._out = JsonlAppender(self.path)
+        self.main = is_main_process()
+        self.echo = echo and self.main
+        self._out = JsonlAppender(self.path) if self.main else None
         self._t0 = time.time()
         self._step0: int | None = None
 
@@ -225,13 +233,15 @@ class MetricsWriter:
         if self.total_steps and step > self._step0:
             per_step = (now - self._t0) / (step - self._step0)
             rec["eta_s"] = round(per_step * max(self.total_steps - step, 0), 1)
-        self._out.write(rec)
+        if self._out is not None:
+            self._out.write(rec)
         if self.echo:
             self._print(rec)
         return rec
 
     def event(self, name: str, **values: Any) -> None:
-        self._out.write({"event": name, "time": round(time.time(), 3), **values})
+        if self._out is not None:
+            self._out.write({"event": name, "time": round(time.time(), 3), **values})
 
     def _print(self, rec: dict) -> None:
         from dnfbot.console import console
@@ -246,7 +256,8 @@ class MetricsWriter:
         console.print("  ".join(parts), highlight=False, soft_wrap=True)
 
     def close(self) -> None:
-        self._out.close()
+        if self._out is not None:
+            self._out.close()
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -268,6 +279,9 @@ _TRAINER_KEYS = {
     "accuracy": "accuracy",
     "margin": "margin",
     "mean_reward": "mean_reward",
+    # DPO's implicit reward (train/dpo.py)
+    "rewards/margins": "reward_margin",
+    "rewards/accuracies": "reward_accuracy",
 }
 
 
@@ -313,7 +327,7 @@ def metrics_callback(writer: MetricsWriter) -> Any:
 
 def training_args(opts: Any, out: str | os.PathLike, *, has_eval: bool) -> dict:
     """transformers TrainingArguments shared by the SFT and reward trainers (TRL's configs extend them);
-    each stage adds its own keys. `opts.extra` (config keys dnfbot has no option for) pass through."""
+    each stage adds its own keys; `opts.extra` is merged in by trl_trainer."""
     import torch
 
     on_gpu = torch.cuda.is_available()
@@ -341,9 +355,11 @@ def training_args(opts: Any, out: str | os.PathLike, *, has_eval: bool) -> dict:
         data_seed=opts.seed,
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         dataloader_pin_memory=on_gpu,
-        report_to="none",
+        report_to=opts.report_to,
         disable_tqdm=True,
-        **opts.extra,
+        # several processes on a machine without a GPU (torchrun, `accelerate launch --multi_gpu`): DDP over gloo;
+        # without it each process would train alone on its own shard
+        use_cpu=not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1,
     )
 
 
@@ -357,10 +373,20 @@ def trl_trainer(
     out: str | os.PathLike,
     opts: Any,
     callbacks: list | tuple = (),
+    trainer_kwargs: dict | None = None,
     **config: Any,
 ) -> Any:
-    """A TRL trainer (SFT, reward) with our options and the stage's own config keys, quiet on stdout."""
-    args = config_cls(**training_args(opts, out, has_eval=eval_ds is not None), **config)
+    """A TRL trainer (SFT, reward, DPO) with our options and the stage's own config keys, quiet on stdout.
+    trainer_kwargs: more arguments of the trainer itself (DPO's peft_config)."""
+    args = {**training_args(opts, out, has_eval=eval_ds is not None), **config}
+    # `extra` holds only keys dnfbot has no option for: one it sets itself would be silently fought over
+    taken = sorted(set(opts.extra) & set(args))
+    if taken:
+        raise InputError(
+            f"extra: {', '.join(taken)} {'is' if len(taken) == 1 else 'are'} set by dnfbot's own options; "
+            "use those (e.g. report_to: tensorboard) instead of extra"
+        )
+    args = config_cls(**args, **opts.extra)
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -368,6 +394,7 @@ def trl_trainer(
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         callbacks=list(callbacks),
+        **(trainer_kwargs or {}),
     )
     quiet_trainer(trainer)
     return trainer

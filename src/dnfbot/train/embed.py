@@ -143,6 +143,13 @@ class EmbedTrainConfig:
     passage_prefix: str = ""
     seed: int = 0
     max_pairs: int | None = None
+    # CPU-sized fine-tuning (docs/dense.md): freeze the token embeddings (e5: 96M of its 118M parameters,
+    # whose Adam state alone is 1.2 GB) and the lowest N transformer layers; recompute activations in the
+    # backward pass instead of keeping them; stop after a fixed number of steps.
+    freeze_layers: int = 0
+    freeze_embeddings: bool = False
+    gradient_checkpointing: bool = False
+    max_steps: int | None = None
 
 
 def mine_bm25_negatives(pairs: list[dict], index) -> list[str | None]:
@@ -162,6 +169,27 @@ def mine_bm25_negatives(pairs: list[dict], index) -> list[str | None]:
         )
         negs.append(passage_text(neg) if neg else None)
     return negs
+
+
+# XLM-R tokens of this corpus: ~1,380 per 3,000-character chunk (≈ 2.2 characters a token); a little under, so
+# that a cropped passage still fits the training cut.
+CHARS_PER_TOKEN = 2
+
+
+def crop_passage(query: str, passage: str, budget: int | None) -> str:
+    """The passage as training sees it under a short `--max-seq-length`: when it is longer than `budget`
+    characters and the query is one of its sentences (an inverse-cloze pair), the title line plus a window
+    around that sentence — truncation would otherwise keep only the opening and drop the very sentence the
+    question was taken from. Other passages are returned whole (the tokenizer truncates them)."""
+    if not budget or len(passage) <= budget:
+        return passage
+    title, _, body = passage.partition("\n")
+    at = body.find(query.strip())
+    if at < 0:
+        return passage
+    room = max(budget - len(title) - 1, len(query))
+    start = max(0, min(at - (room - len(query)) // 3, len(body) - room))  # sentence in the first third
+    return f"{title}\n{body[start : start + room]}"
 
 
 def train_embedder(cfg: EmbedTrainConfig, index=None, log=None) -> dict:
@@ -186,11 +214,14 @@ def train_embedder(cfg: EmbedTrainConfig, index=None, log=None) -> dict:
     if len(pairs) < 2:
         raise InputError(f"{cfg.pairs}: need at least 2 training pairs, found {len(pairs)}")
     model = load_model(cfg.model)
-    if cfg.max_seq_length:
+    infer_length = model.max_seq_length  # what the saved model encodes with: a shorter training cut is not
+    if cfg.max_seq_length:  # a reason to read less of each passage at search time
         model.max_seq_length = cfg.max_seq_length
+    trainable = freeze(model, cfg.freeze_layers, cfg.freeze_embeddings or cfg.freeze_layers > 0)
+    budget = cfg.max_seq_length * CHARS_PER_TOKEN if cfg.max_seq_length else None
     data = {
         "anchor": [cfg.query_prefix + p["query"] for p in pairs],
-        "positive": [cfg.passage_prefix + p["passage"] for p in pairs],
+        "positive": [cfg.passage_prefix + crop_passage(p["query"], p["passage"], budget) for p in pairs],
     }
     mined = 0
     if cfg.hard_negatives:
@@ -204,12 +235,23 @@ def train_embedder(cfg: EmbedTrainConfig, index=None, log=None) -> dict:
     dataset = Dataset.from_dict(data)
     batch = min(cfg.batch_size, len(dataset))
 
+    saved: list[str] = []  # the checkpoints this run wrote
+
+    def save(path: Path) -> None:
+        train_length = model.max_seq_length
+        model.max_seq_length = infer_length
+        model.save(str(path))
+        model.max_seq_length = train_length
+
     class EpochSaver(TrainerCallback):
         """One loadable model per epoch (epoch-1, epoch-2, …) for `dnfbot eval embedder`; no optimizer state."""
 
         def on_epoch_end(self, args, state, control, **kw):
+            if cfg.max_steps and state.global_step >= cfg.max_steps:
+                return  # a bounded run stopped inside this epoch: the final save is the model
             epoch = round(state.epoch or 0)
-            model.save(str(out / f"epoch-{epoch}"))
+            save(out / f"epoch-{epoch}")
+            saved.append(str(out / f"epoch-{epoch}"))
 
     class LossLog(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):
@@ -223,15 +265,20 @@ def train_embedder(cfg: EmbedTrainConfig, index=None, log=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_log.jsonl").unlink(missing_ok=True)
     steps_per_epoch = max(1, len(dataset) // batch)
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out / "trainer"),
         num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        # frozen lower layers: the checkpointed segments get no grad-requiring input otherwise
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         per_device_train_batch_size=batch,
         learning_rate=cfg.lr,
-        warmup_steps=int(cfg.warmup_ratio * steps_per_epoch * cfg.epochs),
+        warmup_steps=int(cfg.warmup_ratio * total_steps),
         batch_sampler=BatchSamplers.NO_DUPLICATES,
         save_strategy="no",
-        logging_steps=max(1, steps_per_epoch // 5),
+        logging_steps=max(1, min(steps_per_epoch, total_steps) // 5),
         report_to="none",
         seed=cfg.seed,
         use_cpu=not torch.cuda.is_available(),
@@ -242,6 +289,7 @@ def train_embedder(cfg: EmbedTrainConfig, index=None, log=None) -> dict:
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[EpochSaver(), LossLog()]
     )
+    t_train = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # the HF progress callback prints its logs on stdout
         trainer.train()
     if trainer.state.global_step == 0:  # the no-duplicates sampler found no batch of distinct texts
@@ -249,7 +297,7 @@ def train_embedder(cfg: EmbedTrainConfig, index=None, log=None) -> dict:
             f"{cfg.pairs}: no batch of {batch} pairs with {batch} distinct passages (and negatives); "
             "lower --batch-size or add pairs over more passages"
         )
-    model.save(str(out))
+    save(out)
     log_path = out / "train_log.jsonl"
     losses = [r["loss"] for r in iter_jsonl(log_path)] if log_path.exists() else []
     base = Path(cfg.model).expanduser()
@@ -260,10 +308,41 @@ def train_embedder(cfg: EmbedTrainConfig, index=None, log=None) -> dict:
         "train_pairs": len(dataset),
         "hard_negatives_mined": mined,
         "steps": trainer.state.global_step,
+        "trainable_parameters": trainable["trainable"],
+        "total_parameters": trainable["total"],
+        "seconds_per_step": round((time.perf_counter() - t_train) / max(1, trainer.state.global_step), 2),
+        "peak_rss_mb": round(_peak_rss_mb()),
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
-        "checkpoints": [str(out / f"epoch-{e}") for e in range(1, cfg.epochs + 1)],
+        "checkpoints": saved,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     atomic_write_json(out / "embedder_train.json", summary)
     return summary
+
+
+def freeze(model, layers: int = 0, embeddings: bool = False) -> dict:
+    """Freeze the word/position embeddings and the lowest `layers` transformer layers of a sentence-transformers
+    model (BERT/XLM-R-style encoders); return the trainable and total parameter counts."""
+    backbone = model[0].auto_model
+    if embeddings and hasattr(backbone, "embeddings"):
+        backbone.embeddings.requires_grad_(False)
+    if layers:
+        blocks = getattr(getattr(backbone, "encoder", None), "layer", None)
+        if blocks is None:
+            raise InputError("--freeze-layers: this model has no encoder.layer stack to freeze")
+        if layers > len(blocks):
+            raise InputError(f"--freeze-layers {layers}: the model has {len(blocks)} layers")
+        for block in blocks[:layers]:
+            block.requires_grad_(False)
+    params = list(model.parameters())
+    return {
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+        "total": sum(p.numel() for p in params),
+    }
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -8,9 +8,10 @@ A run config (configs/*.yaml, or a finished run's summary.json) is
     sft:      {lr: 1.0e-4, packing: true, …}     # SFTOptions
     rm:       {lr: 5.0e-5, …}                    # RMOptions
     ppo:      {steps: 200, kl_coef: 0.05, …}     # PPOOptions
+    dpo:      {beta: 0.1, lr: 5.0e-5, …}         # DPOOptions
     generate: {num_beams: 3, …}                  # GenerateOptions
 
-and `dnfbot train sft|rm|ppo` and `dnfbot generate` all read it: a stage takes the top-level keys it has, then its
+and `dnfbot train sft|rm|dpo|ppo` and `dnfbot generate` all read it: a stage takes the top-level keys it has, then its
 own section (which may also set shared keys), then the command-line flags — each later one wins. Every key of the
 file is checked, whichever stage runs: an unknown key or a wrong type is an error naming the key and the file.
 A run writes its resolved options into summary.json ("config", this schema), so `--config RUN/summary.json`
@@ -89,6 +90,11 @@ class TrainerOptions(LoraOptions, ModelOptions):
     threads: int | None = option(None, "CPU threads for torch")
     extra: dict[str, Any] = option(
         help="passed through to TRL's trainer config (keys dnfbot has no option for)", cli=False, factory=dict
+    )
+    report_to: list[str] | str = option(
+        "none",
+        "where the Trainer also logs: none | tensorboard | wandb | all, or a comma list",
+        parse=comma_list,
     )
 
     def validate(self) -> None:
@@ -211,6 +217,20 @@ ALGOS = ("ppo", "grpo", "rloo")
 
 
 @dataclass
+class DPOOptions(TrainerOptions):
+    """`dpo:` — direct preference optimisation on ranked pairs (train/dpo.py, TRL's DPOTrainer)."""
+
+    # LoRA moves far fewer weights than the full fine-tuning TRL's 1e-6 default is meant for
+    lr: float = option(5e-5, "learning rate")
+    batch_size: int = option(4, "pairs per step (2x sequences)")
+    max_length: int = option(512, "tokens per prompt + response (longer ones are cut at the end)")
+    valid_fraction: float = option(0.1, "share held out when the data file has no split field")
+    beta: float = option(0.1, "DPO beta: strength of the pull towards the reference (higher = closer)")
+    loss_type: str = option("sigmoid", "TRL loss: sigmoid (DPO) | ipo | hinge | robust | …")
+    label_smoothing: float = option(0.0, "share of pairs assumed mislabelled (robust / cDPO)")
+
+
+@dataclass
 class GenerateOptions(ModelOptions, DecodeOptions):
     """`generate:` — decoding for `dnfbot generate` (beam search by default: deterministic, fluent answers)."""
 
@@ -220,6 +240,7 @@ STAGES: dict[str, type] = {
     "rm": RMOptions,
     "ppo": PPOOptions,
     "generate": GenerateOptions,
+    "dpo": DPOOptions,
 }
 LORA = "lora"
 

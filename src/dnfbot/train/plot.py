@@ -11,8 +11,8 @@ from dnfbot.train.common import read_metrics
 # panels in this order when present: (title, keys)
 _PANELS = [
     ("loss", ("loss", "eval_loss")),
-    ("pairwise accuracy", ("accuracy", "eval_accuracy")),
-    ("reward / margin", ("margin", "eval_margin", "mean_reward", "reward")),
+    ("pairwise accuracy", ("accuracy", "eval_accuracy", "reward_accuracy")),
+    ("reward / margin", ("margin", "eval_margin", "reward_margin", "mean_reward", "reward")),
     ("learning rate", ("lr",)),
     ("tokens/s", ("tokens_per_s",)),
 ]

@@ -1,0 +1,112 @@
+"""Multi-process training for real: `accelerate launch --multi_gpu --num_processes 2 -m dnfbot train sft …` on
+the CPU (two processes, gloo, gradients all-reduced by DDP) follows the loss curve of a 1-process run of the same global batch,
+and only rank 0 writes the run's files. The shipped accelerate configs (configs/accelerate/) load."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("trl")
+pytest.importorskip("accelerate")
+
+from dnfbot.io import read_jsonl  # noqa: E402
+from dnfbot.models import init_tiny  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SFT = REPO / "tests" / "fixtures" / "train_sft.jsonl"
+STEPS = 6
+# the tiny model's learning set-up (see test_sft.py), dropout off so both runs see the same function
+CONFIG = """\
+lora:
+  dropout: 0.0
+  targets: [query_key_value, dense, dense_h_to_4h, dense_4h_to_h]
+  modules_to_save: [lm_head]
+sft:
+  lr: 1.0e-2
+  valid_fraction: 0.0
+  logging_steps: 1
+  threads: 1
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU test, on a GPU box too
+    return env
+
+
+def _sft(base: Path, out: Path, cfg: Path, *, processes: int, batch_size: int) -> subprocess.CompletedProcess:
+    args = ["-m", "dnfbot", "train", "sft", "--config", str(cfg), "--model", str(base), "--data", str(SFT)]
+    args += ["--out", str(out), "--max-steps", str(STEPS), "--batch-size", str(batch_size), "--json"]
+    if processes > 1:
+        # without GPUs `--cpu` means one process; `--multi_gpu` starts N (torchrun) and they meet over gloo
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+        launch += ["--num_processes", str(processes)]
+        launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        launch += ["--main_process_port", str(_free_port())]
+        cmd = launch + args
+    else:
+        cmd = [sys.executable, *args]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return res
+
+
+@pytest.mark.slow
+def test_two_processes_follow_the_one_process_loss_curve(polyglot_tokenizer_dir, tmp_path):
+    base = init_tiny("gpt-neox", polyglot_tokenizer_dir, tmp_path / "base")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(CONFIG, encoding="utf-8")
+    one = _sft(base, tmp_path / "one", cfg, processes=1, batch_size=4)
+    two = _sft(base, tmp_path / "two", cfg, processes=2, batch_size=2)  # 2 x 2 = the same 4 examples a step
+
+    summaries = [json.loads(r.stdout.strip().splitlines()[-1]) for r in (one, two)]
+    assert len(two.stdout.strip().splitlines()) == 1  # one summary for the run, not one per rank
+    assert [s["steps"] for s in summaries] == [STEPS, STEPS]
+    curves = [
+        [r["loss"] for r in read_jsonl(tmp_path / d / "metrics.jsonl") if "loss" in r] for d in ("one", "two")
+    ]
+    assert len(curves[0]) == len(curves[1]) == STEPS  # rank 1 wrote no second set of records
+    print("loss curves, 1 process x 4 / 2 processes x 2:", curves)
+    assert curves[1] == pytest.approx(curves[0], rel=0.02), curves
+    assert curves[0][-1] < curves[0][0] - 1.0  # and it is a curve: the model learns
+    assert (tmp_path / "two" / "adapter_model.safetensors").exists()
+
+
+def test_accelerate_configs_load():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    kinds = {}
+    for path in sorted((REPO / "configs" / "accelerate").glob("*.yaml")):
+        c = load_config_from_file(str(path))
+        kinds[path.stem] = (str(c.distributed_type), (c.deepspeed_config or {}).get("zero_stage"))
+    assert kinds == {
+        "ddp": ("DistributedType.MULTI_GPU", None),
+        "fsdp": ("DistributedType.FSDP", None),
+        "deepspeed-zero2": ("DistributedType.DEEPSPEED", 2),
+        "deepspeed-zero3": ("DistributedType.DEEPSPEED", 3),
+    }
+
+
+def test_a_4bit_base_loads_onto_each_process_own_gpu(monkeypatch):
+    from dnfbot.models import quantized_device_map
+
+    for rank in ("0", "1", "3"):
+        monkeypatch.setenv("LOCAL_RANK", rank)  # what accelerate launch / torchrun set for each process
+        assert quantized_device_map() == {"": int(rank)}
