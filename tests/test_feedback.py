@@ -251,6 +251,13 @@ def test_export_rm_dpo_sft_eval(tmp_path):
     # dpo: the pair records of `data rm` (train dpo reads those), the same as --as rm
     export(db, "dpo", tmp_path / "dpo.jsonl")
     assert read_jsonl(tmp_path / "dpo.jsonl") == pairs
+    pytest.importorskip("datasets")
+    from dnfbot.train.dpo import build_dpo_dataset
+
+    ds = build_dpo_dataset(read_jsonl(tmp_path / "dpo.jsonl"))  # what `train dpo` trains on
+    assert ds[0]["prompt"] == "### 질문: 더스크 피로도 얼마나 들어?\n\n### 답변:" and ds[0][
+        "chosen"
+    ].startswith(" ")
 
     export(db, "sft", tmp_path / "sft.jsonl")
     (s,) = read_jsonl(tmp_path / "sft.jsonl")
@@ -296,7 +303,8 @@ def test_export_pairs_uses_the_cited_passage_and_a_hard_negative(rag, tmp_path):
     )
     m = next(x for x in pairs if x["query"] == "무의 장막 입장 명성 얼마야?")
     assert m["doc_id"] == "0" and m["negative_chunk_id"] == "1#1" and m["negative"].startswith("어둑섬")
-    assert "negative" not in p  # its trace has no hit from another article
+    # a negative, when the trace has a hit from another article, is never from the cited one
+    assert "negative" not in p or not p["negative_chunk_id"].startswith(p["doc_id"] + "#")
     from dnfbot.train.embed import load_pairs
 
     assert len(load_pairs(tmp_path / "pairs.jsonl")) == len(pairs)

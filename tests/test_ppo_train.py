@@ -249,6 +249,11 @@ def test_interrupted_run_resumes_where_it_stopped(toy, tmp_path):
     assert latest_checkpoint(out).name == "step-000002" and not (out / "summary.json").exists()
     with pytest.raises(InputError, match="already holds checkpoints"):
         run_ppo(cfg, **kw, resume=False)
+    # resuming with another schedule would mix two runs: refused, naming what changed (--force overrides)
+    from dataclasses import replace
+
+    with pytest.raises(InputError, match=r"lr 0.003 -> 0.001.*--force"):
+        run_ppo(replace(cfg, lr=1e-3), **kw)
 
     summary = run_ppo(cfg, **kw)
     assert summary["resumed_from"].endswith("step-000002") and summary["steps"] == 4

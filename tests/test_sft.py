@@ -22,17 +22,16 @@ pytestmark = pytest.mark.slow
 
 FIXTURE = Path(__file__).parent / "fixtures" / "train_sft.jsonl"
 THREADS = 2
-# a random-init tiny model's logits are flat: train its LM head in full (modules_to_save) so a few dozen steps
-# can memorise — real models keep the original LoRA-only set-up
-TINY = dict(
-    lr=1e-2,
-    lora_dropout=0.0,
-    lora_targets=["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
-    lora_modules_to_save=["lm_head"],
-    threads=THREADS,
-    valid_fraction=0.0,
-    logging_steps=5,
-)
+# No hidden settings: init_tiny writes the recipe a random-init model learns with (dnfbot_recipe.json: LM head and
+# embeddings trained in full, LoRA on every linear layer, lr 1e-2) and load_options — what `dnfbot train sft`
+# calls — applies it, exactly as for a user; real models keep the original LoRA-only defaults.
+RUN = dict(threads=THREADS, valid_fraction=0.0, logging_steps=5)
+
+
+def _opts(base: Path, **flags) -> SFTOptions:
+    from dnfbot.train.options import load_options
+
+    return load_options("sft", flags={"model": str(base), **RUN, **flags}, echo=False)
 
 
 def _cli(args: list[str]):
@@ -60,7 +59,7 @@ def base(polyglot_tokenizer_dir, tmp_path_factory) -> Path:
 def trained(base, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("sft") / "run"
     summary = run_sft(
-        str(base), FIXTURE, out, options=SFTOptions(max_steps=40, limit=3, batch_size=3, **TINY), echo=False
+        str(base), FIXTURE, out, options=_opts(base, max_steps=40, limit=3, batch_size=3), echo=False
     )
     return out, summary
 
@@ -157,7 +156,7 @@ def test_resume_after_an_interrupted_run_continues_from_the_checkpoint(base, tmp
             if state.global_step == 5:
                 raise KeyboardInterrupt  # like Ctrl-C / a kill after checkpoint-4 was written
 
-    opts = SFTOptions(max_steps=6, save_steps=2, limit=4, batch_size=2, **{**TINY, "logging_steps": 1})
+    opts = _opts(base, max_steps=6, save_steps=2, limit=4, batch_size=2, logging_steps=1)
     with pytest.raises(KeyboardInterrupt):
         run_sft(str(base), FIXTURE, tmp_path, options=opts, callbacks=[Kill()], echo=False)
     assert (tmp_path / "checkpoint-4" / "trainer_state.json").exists()
@@ -180,13 +179,11 @@ def test_resume_after_an_interrupted_run_continues_from_the_checkpoint(base, tmp
 def test_qlora_4bit_trains_on_cpu(polyglot_tokenizer_dir, tmp_path):
     pytest.importorskip("bitsandbytes")
     llama = init_tiny("llama", polyglot_tokenizer_dir, tmp_path / "llama")
-    opts = SFTOptions(
-        max_steps=8,
-        limit=4,
-        batch_size=4,
-        load_in_4bit=True,
-        **{**TINY, "lora_targets": None, "logging_steps": 1},
-    )
+    # the recipe's lr; the Llama default targets and only the LM head in full (the 4-bit path under test)
+    opts = _opts(
+        llama, max_steps=8, limit=4, batch_size=4, load_in_4bit=True, logging_steps=1,
+        lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"], lora_modules_to_save=["lm_head"],
+    )  # fmt: skip
     s = run_sft(str(llama), FIXTURE, tmp_path / "run", options=opts, echo=False)
     assert s["load_in_4bit"] and s["steps"] == 8
     assert s["last_loss"] < s["first_loss"] - 1.0, (s["first_loss"], s["last_loss"])

@@ -7,6 +7,7 @@
 2. Feedback under /ask load: /ask at a fixed rate alone (duration/2 s), then the same /ask load with POST
    /v1/feedback at `rate` per second alongside (open loop, `duration` s), then /ask alone again (duration/2 s);
    the baseline p95 is the mean of the two alone runs, so drift during the run does not count for or against.
+   Each run (and the pair run) first asks every question once, untimed, so cold caches count for no side.
    Every acknowledged feedback row must be in the database afterwards (lost = acknowledged but absent) exactly
    once (duplicated = a nonce stored twice).
 Targets: log adds <= 1 ms to the p50; 0 lost, 0 duplicated; /ask p95 with feedback <= 1.1x without.

@@ -61,6 +61,9 @@ async def run_pair(url_a: str, url_b: str, questions: list[str], duration: float
         c = Conn(host, port)
         await c.open()
         conns.append(c)
+    for q in questions:  # warm both servers' caches with every question first (untimed)
+        for c in conns:
+            await _request(c, "/ask", {"question": q})
     lat: dict[str, list[float]] = {"a": [], "b": []}
     diffs: list[float] = []
     errors, n = 0, 0
@@ -145,9 +148,11 @@ async def run_mixed(url: str, questions: list[str], duration: float, ask_rate: f
     await ask_pool.open()
     await fb_pool.open()
     ids: list[str] = []
-    for i in range(seed_answers if feedback_rate > 0 else 0):  # answers to give feedback on
+    # Every run first asks each question once (warm caches, so runs compare alike); the ids are what the
+    # feedback is given on.
+    for i in range(max(seed_answers, len(questions))):
         status, body = await ask_pool.call("/ask", {"question": questions[i % len(questions)]})
-        if status == 200:
+        if status == 200 and feedback_rate > 0:
             ids.append(json.loads(body)["answer_id"])
     if feedback_rate > 0 and not ids:
         raise SystemExit("no answer ids: is the server's answer log on?")

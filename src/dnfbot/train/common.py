@@ -182,7 +182,8 @@ def finish_run(run: Run, trainer: Any, result: Any, metrics: dict, *, title: str
         "valid_records": len(run.valid),
         "steps": trainer.state.global_step,
         "epochs": round(trainer.state.epoch or 0.0, 4),
-        "resumed_from_step": checkpoint_step(run.checkpoint) if run.checkpoint else None,
+        # from the name: save_total_limit may have deleted the checkpoint the run resumed from by now
+        "resumed_from_step": int(run.checkpoint.name.rsplit("-", 1)[1]) if run.checkpoint else None,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "train_loss": result.training_loss,
@@ -300,6 +301,13 @@ def metrics_callback(writer: MetricsWriter) -> Any:
             writer.total_steps = state.max_steps
             if state.global_step > 0:
                 writer.event("resume", step=state.global_step)
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            # the last step is always logged, so that last_loss is the end of training even when max_steps is
+            # not a multiple of logging_steps (8 steps, logging every 10: first_loss would be last_loss)
+            if state.max_steps and state.global_step >= state.max_steps:
+                control.should_log = True
+            return control
 
         def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
             logs = dict(logs or {})
