@@ -91,7 +91,10 @@ def test_reward_model_learns_the_ranking(trained):
     assert not list(out.glob("*.bin"))
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["task_type"] == "SEQ_CLS" and "score" in cfg["modules_to_save"]
-    assert cfg["target_modules"] == ["query_key_value"] and cfg["r"] == 8  # the original defaults
+    # the tiny model's recipe (dnfbot_recipe.json) set the LoRA shape; the config file set lr and dropout
+    applied = s["recipe"]["applied"]
+    assert "lr" not in applied and "lora_dropout" not in applied and "lora_r" in applied, applied
+    assert cfg["r"] == applied["lora_r"] and cfg["lora_dropout"] == 0.0
     metrics = read_jsonl(out / "metrics.jsonl")
     assert any("eval_accuracy" in r for r in metrics) and any("accuracy" in r for r in metrics)
 
