@@ -225,7 +225,9 @@ class AnswerLog:
         for _kind, _, fut in work:
             if fut is not None and not fut.done():
                 fut.set_exception(err)
-        self._warn(str(err), f"{err} ({n_answers} answer(s) not logged; answering goes on)")
+        # one key for every failure of the database: the first error and the "unavailable" ones while the writer
+        # waits to reconnect are one outage, one log line
+        self._warn("database", f"{err} ({n_answers} answer(s) not logged; answering goes on)")
 
     def _warn(self, key: str, message: str) -> None:
         now = time.monotonic()
