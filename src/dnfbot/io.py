@@ -106,13 +106,17 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """A file's bytes, or a one-line InputError naming it (missing, a folder, unreadable)."""
-    path = Path(path)
+def _require_file(path: Path) -> None:
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, expected a file")
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """A file's bytes, or a one-line InputError naming it (missing, a folder, unreadable)."""
+    path = Path(path)
+    _require_file(path)
     try:
         return path.read_bytes()
     except OSError as e:
@@ -173,10 +177,7 @@ def iter_jsonl(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> Ite
 
 def _numbered_jsonl(path: Path, allow_torn_tail: bool) -> Iterator[tuple[int, dict]]:
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected a file")
+    _require_file(path)
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed by the with below, also when the consumer stops early
     except OSError as e:

@@ -162,26 +162,23 @@ def run_dpo(
     )  # fmt: skip
     run.model = trainer.model
     before = after = None
+
+    def held_out() -> dict:  # the implicit rewards of the valid pairs under the current adapter
+        return implicit_rewards(
+            trainer.model,
+            tok,
+            run.valid,
+            beta=opts.beta,
+            batch_size=opts.batch_size,
+            max_length=opts.max_length,
+        )
+
     with run.training():
         if run.valid:
-            before = implicit_rewards(
-                trainer.model,
-                tok,
-                run.valid,
-                beta=opts.beta,
-                batch_size=opts.batch_size,
-                max_length=opts.max_length,
-            )
+            before = held_out()
         result = trainer.train(resume_from_checkpoint=run.resume_from)
         if run.valid:
-            after = implicit_rewards(
-                trainer.model,
-                tok,
-                run.valid,
-                beta=opts.beta,
-                batch_size=opts.batch_size,
-                max_length=opts.max_length,
-            )
+            after = held_out()
             run.writer.log(
                 trainer.state.global_step,
                 eval_margin=after["margin"],
