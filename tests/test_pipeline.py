@@ -63,7 +63,9 @@ def check_pipeline(out: Path, stdout: str, stderr: str) -> None:
     assert sft["last_loss"] <= 0.3 * sft["first_loss"], (sft["first_loss"], sft["last_loss"])
     rows = [json.loads(x) for x in (out / "sft.jsonl").read_text(encoding="utf-8").splitlines()]
     answers = [r["completion"] for r in rows if r["question"] == gen["question"]]
-    assert any(gen["answer"].strip()[:12] == a.strip()[:12] for a in answers), (gen["answer"], answers)
+    # the opening words of its training answer (greedy decoding of a random-init model never starts with
+    # "53680 명성" by chance; how far the copy runs before it loops depends on the CPU's float order)
+    assert any(gen["answer"].split()[:2] == a.split()[:2] for a in answers), (gen["answer"], answers)
 
     # the reward model ranks long > medium > short on held-out pairs
     assert rm["valid_accuracy"] >= 0.9 and rm["last_loss"] < rm["first_loss"]

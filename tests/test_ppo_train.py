@@ -127,9 +127,11 @@ def test_report_rlhf_from_the_run(cli_run):
     assert math.isclose(result["reward_before"], summary["reward_before"], abs_tol=1e-6)
     assert math.isclose(result["reward_after"], summary["reward_after"], abs_tol=1e-6)
     assert sorted(p.rsplit("/", 1)[1] for p in result["plots"]) == [
+        "eos_rate.png",
         "kl.png",
         "response_length.png",
         "reward.png",
+        "shaped_score.png",
     ]
     for p in result["plots"]:
         with open(p, "rb") as f:
