@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from dnfbot import NO_INFO_ANSWER
-from dnfbot.config import Settings
 from dnfbot.errors import InputError
 from dnfbot.feedback.db import StoreError
 from dnfbot.feedback.export import export, group_questions
@@ -29,19 +28,15 @@ from dnfbot.feedback.store import AnswerLog, iter_answers, open_db, read_feedbac
 from dnfbot.feedback.trace import AnswerEntry, Traced, make_feedback
 from dnfbot.io import read_jsonl
 from dnfbot.rag import Answer
-from dnfbot.retrieval.index import build_index
+from support.guide_index import mini_index
 
-MINI = Path(__file__).parent / "fixtures" / "mini_guide.json"
 ANSWERED = "더스크 피로도 얼마나 들어?"
 REFUSED = "오늘 서울 날씨 어때?"
 
 
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("feedback")
-    shutil.copy(MINI, root / "guide.json")
-    build_index([root / "guide.json"], root / "index", Settings(home=root))
-    return root / "index"
+    return mini_index(tmp_path_factory.mktemp("feedback"))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -20,10 +19,8 @@ pytest.importorskip("streamlit")
 
 import httpx
 
-from dnfbot.config import Settings
-from dnfbot.retrieval.index import build_index
+from support.guide_index import mini_index
 
-MINI = Path(__file__).parent / "fixtures" / "mini_guide.json"
 CORRECTION = "더스크는 하루 제한 없이 고정 피로도 30으로 돌 수 있어요."
 
 
@@ -49,8 +46,7 @@ def test_thumbs_down_and_correction_in_chromium_become_a_preference_pair(tmp_pat
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    shutil.copy(MINI, tmp_path / "guide.json")
-    build_index([tmp_path / "guide.json"], tmp_path / "index", Settings(home=tmp_path))
+    mini_index(tmp_path)
     db = tmp_path / "feedback.sqlite3"
     env = dict(os.environ, DNFBOT_FEEDBACK_DB=str(db))
     port = _free_port()

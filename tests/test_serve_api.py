@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,24 +18,18 @@ import httpx
 
 from dnfbot import NO_INFO_ANSWER
 from dnfbot.bench.fake_openai import FakeOpenAI
-from dnfbot.config import Settings
-from dnfbot.retrieval.index import build_index
 from dnfbot.serve.app import create_app
 from dnfbot.serve.backends import open_backends
 from dnfbot.serve.guard import Limits
 from dnfbot.serve.run import ServerThread
+from support.guide_index import mini_index
 
-MINI = Path(__file__).parent / "fixtures" / "mini_guide.json"
 KEY = "s3cret-key-123"
 
 
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("serve_api")
-    corpus = root / "guide.json"
-    shutil.copy(MINI, corpus)
-    build_index([corpus], root / "index", Settings(home=root))
-    return root / "index"
+    return mini_index(tmp_path_factory.mktemp("serve_api"))
 
 
 @pytest.fixture(scope="module")

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from dnfbot.config import Settings
 from dnfbot.rag import RAG
-from dnfbot.retrieval.index import build_index
 from dnfbot.serve.backends import open_backends
-
-MINI = Path(__file__).parent / "fixtures" / "mini_guide.json"
+from support.guide_index import mini_index
 
 
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("serve_backends")
-    shutil.copy(MINI, root / "guide.json")
-    build_index([root / "guide.json"], root / "index", Settings(home=root))
-    return root / "index"
+    return mini_index(tmp_path_factory.mktemp("serve_backends"))
 
 
 def test_backends_share_the_cache_and_answer_like_a_plain_rag(index_dir):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,19 +20,13 @@ pytest.importorskip("uvicorn")
 import httpx
 
 from dnfbot.cli import app
-
-MINI = Path(__file__).parent / "fixtures" / "mini_guide.json"
+from support.guide_index import mini_index
 
 
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory) -> Path:
-    from dnfbot.config import Settings
-    from dnfbot.retrieval.index import build_index
 
-    root = tmp_path_factory.mktemp("serve_cli")
-    shutil.copy(MINI, root / "guide.json")
-    build_index([root / "guide.json"], root / "index", Settings(home=root))
-    return root / "index"
+    return mini_index(tmp_path_factory.mktemp("serve_cli"))
 
 
 def _start(*args: str, env: dict | None = None) -> tuple[subprocess.Popen, dict]:

@@ -4,7 +4,6 @@ clients that hang up, oversize questions, foreign Host and Origin headers, too m
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,26 +18,20 @@ pytest.importorskip("uvicorn")
 
 import httpx
 
-from dnfbot.config import Settings
 from dnfbot.errors import InputError
-from dnfbot.retrieval.index import build_index
 from dnfbot.serve.app import create_app
 from dnfbot.serve.backends import open_backends
 from dnfbot.serve.guard import Limits
 from dnfbot.serve.run import ServerThread
 from dnfbot.serve.schemas import MAX_QUESTION_CHARS
+from support.guide_index import mini_index
 
-MINI = Path(__file__).parent / "fixtures" / "mini_guide.json"
 ASK = {"question": "더스크 피로도 얼마나 들어?"}
 
 
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("serve_hard")
-    corpus = root / "guide.json"
-    shutil.copy(MINI, corpus)
-    build_index([corpus], root / "index", Settings(home=root))
-    return root / "index"
+    return mini_index(tmp_path_factory.mktemp("serve_hard"))
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ Skips until dnfbot.generate.hf is present (written by the training area) or with
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
@@ -16,10 +14,7 @@ pytest.importorskip("uvicorn")
 
 import httpx
 
-from dnfbot.config import Settings
-from dnfbot.retrieval.index import build_index
-
-MINI = Path(__file__).parent / "fixtures" / "mini_guide.json"
+from support.guide_index import mini_index
 
 
 @pytest.mark.slow
@@ -33,8 +28,7 @@ def test_hf_backend_streams_through_the_api(tmp_path, polyglot_tokenizer_dir):
 
     torch.set_num_threads(1)
     model_dir = init_tiny("gpt-neox", polyglot_tokenizer_dir, tmp_path / "tiny")
-    shutil.copy(MINI, tmp_path / "guide.json")
-    build_index([tmp_path / "guide.json"], tmp_path / "index", Settings(home=tmp_path))
+    mini_index(tmp_path)
     b = open_backends(tmp_path / "index", backend="hf", model=str(model_dir), max_new_tokens=8)
     assert b.names == ["hf", "extractive"]
     with ServerThread(create_app(b)) as url:

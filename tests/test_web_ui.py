@@ -23,7 +23,6 @@ import httpx
 
 from dnfbot import NO_INFO_ANSWER
 from dnfbot.config import Settings
-from dnfbot.retrieval.index import build_index
 from dnfbot.retrieval.sparse import Filters
 from dnfbot.serve.ui_support import (
     backend_label,
@@ -32,19 +31,16 @@ from dnfbot.serve.ui_support import (
     filters_caption,
     filters_for,
 )
+from support.guide_index import mini_index
 
 REPO = Path(__file__).resolve().parents[1]
-MINI = Path(__file__).parent / "fixtures" / "mini_guide.json"
 PAGE = REPO / "src" / "dnfbot" / "serve" / "ui_app.py"
 SCREENSHOT = REPO / "docs" / "serving-ui.png"
 
 
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("web_ui")
-    shutil.copy(MINI, root / "guide.json")
-    build_index([root / "guide.json"], root / "index", Settings(home=root))
-    return root / "index"
+    return mini_index(tmp_path_factory.mktemp("web_ui"))
 
 
 # --- pure helpers --------------------------------------------------------------------------------------------
