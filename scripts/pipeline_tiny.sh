@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole training pipeline, offline, on a tiny random-init model of the real architecture — and it learns:
-#   corpus → synth qa (extractive) → data sft/rm/ppo → train sft → train rm → train ppo → report → ask --backend hf
+#   corpus → synth qa (extractive) → data sft/rm/ppo → train sft → train rm → train ppo → report → train dpo
+#   → ask --backend hf
 # Same commands as on a real model: `model init-tiny` writes the recipe that makes a random-init model learn
 # (dnfbot_recipe.json: LM head + embeddings trained in full, LoRA on every linear layer, a higher lr) and
 # `train sft|rm|ppo` apply it, saying so on stderr; a real model folder has none and keeps the defaults. Only
@@ -21,31 +22,32 @@ export DNFBOT_DENSE="${DNFBOT_DENSE:-off}"
 mkdir -p "$OUT"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
 
-step "1/9 synthesise question + long/medium/short answers (offline extractive back end)"
+step "1/10 synthesise question + long/medium/short answers (offline extractive back end)"
 "$DNF" synth qa --corpus "$CORPUS" --out "$OUT/qa.jsonl" --backend extractive --limit 120 --json
-step "2/9 datasets: SFT (medium and short answers: they end within PPO's budget), RM pairs, PPO prompts"
+step "2/10 datasets: SFT (medium and short answers: they end within PPO's budget), RM pairs, PPO prompts"
 "$DNF" data sft --qa "$OUT/qa.jsonl" --out "$OUT/sft.jsonl" --answers medium,short --json
 "$DNF" data rm --qa "$OUT/qa.jsonl" --out "$OUT/rm.jsonl" --json
 # both splits (the default): PPO trains on split=train and is judged on the held-out split=valid questions
 "$DNF" data ppo --qa "$OUT/qa.jsonl" --out "$OUT/ppo.jsonl" --valid-fraction 0.2 --json
-step "3/9 a tiny random-init GPTNeoX (polyglot-ko architecture) with the real tokenizer, and its recipe"
+step "3/10 a tiny random-init GPTNeoX (polyglot-ko architecture) with the real tokenizer, and its recipe"
 "$DNF" model init-tiny --arch gpt-neox --tokenizer "$TOK" --out "$OUT/base" --json
-step "4/9 SFT (LoRA + full LM head/embeddings, from the recipe) on 16 records: a 4M random model memorises them"
+step "4/10 SFT (LoRA + full LM head/embeddings, from the recipe) on 16 records: a 4M random model memorises them"
 "$DNF" train sft --model "$OUT/base" --data "$OUT/sft.jsonl" --out "$OUT/sft" --max-steps 60 --batch-size 4 \
   --limit 16 --json
-step "5/9 the SFT model answers a training question (greedy)"
+step "5/10 the SFT model answers a training question (greedy)"
 Q=$("$PY" -c 'import json,sys; print(next(json.loads(l) for l in open(sys.argv[1]) if json.loads(l)["split"] == "train")["question"])' "$OUT/sft.jsonl")
 "$DNF" generate --model "$OUT/base" --adapter "$OUT/sft" --num-beams 1 --no-repeat-ngram-size 0 \
   --max-new-tokens 48 --json "$Q"
-step "6/9 reward model (1-label classifier + LoRA): long > medium > short"
+step "6/10 reward model (1-label classifier + LoRA): long > medium > short"
 "$DNF" train rm --model "$OUT/base" --data "$OUT/rm.jsonl" --out "$OUT/rm" --max-steps 60 --json
-step "7/9 PPO against the reward model"
+step "7/10 PPO against the reward model"
 "$DNF" train ppo --model "$OUT/base" --sft-adapter "$OUT/sft" --reward-adapter "$OUT/rm" \
-  --prompts "$OUT/ppo.jsonl" --out "$OUT/ppo" --steps 10 --batch-size 8 --mini-batch-size 4 \
-  --max-new-tokens 48 --json
-step "8/9 RLHF report (before/after table + PNG curves)"
+  --prompts "$OUT/ppo.jsonl" --out "$OUT/ppo" --steps 10 --max-new-tokens 48 --json
+step "8/10 RLHF report (before/after table + PNG curves)"
 "$DNF" report rlhf --run "$OUT/ppo" --json
-step "9/9 answer from the guides with the SFT model behind the retrieval gate"
+step "9/10 DPO on the same preference pairs (no reward model): held-out implicit reward margin up"
+"$DNF" train dpo --model "$OUT/base" --data "$OUT/rm.jsonl" --out "$OUT/dpo" --max-steps 20 --json
+step "10/10 answer from the guides with the SFT model behind the retrieval gate"
 "$DNF" index build --corpus "$CORPUS" --index-dir "$OUT/index" --json
 "$DNF" ask "바칼 레이드 입장 조건 알려줘" --index-dir "$OUT/index" --backend hf --model "$OUT/base" \
   --adapter "$OUT/sft" --json

@@ -45,7 +45,7 @@ def test_tiny_pipeline_end_to_end(tmp_path, guide_corpus_path, polyglot_tokenize
 def check_pipeline(out: Path, stdout: str, stderr: str) -> None:
     """The assertions on a finished `scripts/pipeline_tiny.sh OUT` run (its stdout and stderr)."""
     lines = [json.loads(x) for x in stdout.splitlines() if x.startswith("{")]
-    synth, sft_data, rm_data, ppo_data, base, sft, gen, rm, ppo, report, index, answer = lines
+    synth, sft_data, rm_data, ppo_data, base, sft, gen, rm, ppo, report, dpo, index, answer = lines
 
     assert synth["records"] > 50 and synth["records"] + synth["rejects"] == synth["processed"]
     assert sft_data["records"] == len((out / "sft.jsonl").read_text(encoding="utf-8").splitlines())
@@ -55,8 +55,8 @@ def check_pipeline(out: Path, stdout: str, stderr: str) -> None:
     assert (out / "base" / "dnfbot_recipe.json").exists()
 
     # every stage said it applied the model's recipe, and recorded it
-    assert stderr.count("recipe: ") >= 3, stderr[-2000:]
-    for s in (sft, rm, ppo):
+    assert stderr.count("recipe: ") >= 4, stderr[-2000:]
+    for s in (sft, rm, ppo, dpo):
         assert s["recipe"]["applied"]["lr"] > 1e-4 and s["recipe"]["applied"]["lora_targets"] == "all-linear"
 
     # SFT learnt: loss down by >= 70%, and it reproduces a training answer
@@ -95,6 +95,10 @@ def check_pipeline(out: Path, stdout: str, stderr: str) -> None:
         "response_length.png",
     }
     assert all(Path(x).exists() for x in report["plots"])
+
+    # DPO on the same pairs, no reward model: the held-out implicit reward margin rises from exactly 0
+    assert dpo["stage"] == "dpo" and abs(dpo["valid_margin_before"]) < 1e-6, dpo
+    assert dpo["valid_margin_after"] > 0.1 and dpo["valid_accuracy_after"] >= 0.75, dpo
 
     assert index["chunks"] > 600
     # The tiny model's words are noise, but the gate and the sources come from retrieval.

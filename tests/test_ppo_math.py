@@ -69,6 +69,33 @@ def test_whitening():
     assert abs(float(w.mean())) < 1e-5 and abs(float(w.std(unbiased=False)) - 1) < 1e-3
 
 
+def test_whitening_over_processes_equals_whitening_the_whole_batch():
+    """Each rank whitens its half with statistics summed over both halves (Dist.total): the result is the whole
+    batch's whitening, not two separately whitened halves."""
+    x = torch.randn(6, 5) * 2 + 3
+    m = (torch.rand(6, 5) > 0.3).float()
+    halves = [(x[:3], m[:3]), (x[3:], m[3:])]
+
+    def whiten_half(i: int) -> torch.Tensor:
+        ox, om = halves[1 - i]  # what all_reduce adds: the other rank's count, sum and squared deviations
+        calls: list[torch.Tensor] = []
+
+        def total(t: torch.Tensor) -> torch.Tensor:
+            calls.append(t)
+            if len(calls) == 1:
+                return t + om.sum()
+            if len(calls) == 2:
+                return t + (ox * om).sum()
+            mean = (calls[1] + (ox * om).sum()) / (calls[0] + om.sum())
+            return t + ((ox - mean) ** 2 * om).sum()
+
+        return masked_whiten(halves[i][0], halves[i][1], total=total)
+
+    together = torch.cat([whiten_half(0), whiten_half(1)])
+    assert close(together, masked_whiten(x, m), tol=1e-5)
+    assert not close(torch.cat([masked_whiten(*halves[0]), masked_whiten(*halves[1])]), masked_whiten(x, m))
+
+
 def test_policy_loss_clipping():
     logp, old = torch.log(T([[0.5, 0.25]])), torch.log(T([[0.25, 0.25]]))  # ratios 2 and 1
     loss, st = policy_loss(logp, old, T([[1.0, -1.0]]), T([[1.0, 1.0]]), cliprange=0.2)

@@ -31,6 +31,11 @@ def report_rlhf(
     run: Path = typer.Option(..., "--run", help="run directory of `dnfbot train ppo` (or `train dpo`)"),
     output: Path = typer.Option(None, "--out", help="Markdown file (default: RUN/report.md)"),
     samples: int = typer.Option(8, "--samples", help="sample prompts in the table"),
+    compare: list[Path] = typer.Option(
+        None,
+        "--compare",
+        help="other runs on the same prompts (e.g. --algo rloo): compare.md + overlaid curves",
+    ),
     json_out: bool = JSON,
 ):
     """Before/after table, mean reward and KL, PNG curves of reward, KL and response length (PPO/GRPO/RLOO); for a
@@ -46,4 +51,16 @@ def report_rlhf(
         out.print(Path(r["report"]).read_text(encoding="utf-8"), markup=False, highlight=False)
         console.print(f"written: {r['report']} ({len(r['plots'])} plots)")
 
+    if compare:
+        from dnfbot.train.rlhf.report import compare_runs
+
+        show(compare_runs([run, *compare], output or run / "compare"), json_out, human_compare)
+        return
     show(build_report(run, output, samples=samples), json_out, human)
+
+
+def human_compare(r: dict) -> None:
+    from dnfbot.console import console, out
+
+    out.print(Path(r["report"]).read_text(encoding="utf-8"), markup=False, highlight=False)
+    console.print(f"written: {r['report']} ({len(r['plots'])} plots)")

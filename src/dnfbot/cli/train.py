@@ -167,7 +167,8 @@ def train_ppo(
         opts, prompts=prompts, out_dir=out_dir, sft_adapter=sft_adapter, reward_adapter=reward_adapter,
         resume=resume, force=force, show_progress=True,
     )  # fmt: skip
-    show(summary, json_out, _print_rlhf)
+    if summary:  # under `accelerate launch`, rank 0's summary for the whole run (the other ranks return {})
+        show(summary, json_out, _print_rlhf)
 
 
 def _print_rlhf(s: dict) -> None:

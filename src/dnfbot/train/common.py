@@ -211,17 +211,74 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+class Trackers:
+    """The loggers beside metrics.jsonl that `report_to` names (as the Trainer stages' report_to): TensorBoard
+    event files in RUN/tensorboard (torch's writer, or tensorboardX), a Weights & Biases run (WANDB_* from the
+    environment: project, mode, API key — never from a file)."""
+
+    def __init__(self, report_to: list[str] | str | None, run_dir: Path):
+        from dnfbot.train.options import REPORT_TO
+
+        names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+        unknown = [n for n in names if n not in REPORT_TO]
+        if unknown:
+            raise InputError(f"report_to: unknown '{unknown[0]}' (choose from {', '.join(REPORT_TO)})")
+        if "all" in names:
+            names = ["tensorboard", "wandb"]
+        self._tb, self._wandb = None, None
+        if "tensorboard" in names:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                try:
+                    from tensorboardX import SummaryWriter
+                except ImportError:
+                    raise InputError(
+                        "report_to tensorboard: install tensorboard or tensorboardX (pip install tensorboardX)"
+                    ) from None
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        if "wandb" in names:
+            try:
+                import wandb
+            except ImportError:
+                raise InputError("report_to wandb: pip install wandb (and set WANDB_API_KEY)") from None
+            self._wandb = wandb.init(dir=str(run_dir), name=run_dir.name, reinit=True)
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(f"train/{k}", v, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
 class MetricsWriter:
-    """Append-only metrics JSONL plus one human progress line per record on stderr (rank 0 only).
+    """Append-only metrics JSONL plus one human progress line per record on stderr (rank 0 only), and the
+    trackers `report_to` names (TensorBoard, W&B).
 
     `log(step, **values)` adds {"step", "time", **values}; with `total_steps` known it also reports an ETA."""
 
-    def __init__(self, path: str | os.PathLike, *, total_steps: int | None = None, echo: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        total_steps: int | None = None,
+        echo: bool = True,
+        report_to: list[str] | str | None = None,
+    ):
         self.path = Path(path)
         self.total_steps = total_steps
         self.main = is_main_process()
         self.echo = echo and self.main
         self._out = JsonlAppender(self.path) if self.main else None
+        self._trackers = Trackers(report_to, self.path.parent) if self.main else None
         self._t0 = time.time()
         self._step0: int | None = None
 
@@ -236,6 +293,8 @@ class MetricsWriter:
             rec["eta_s"] = round(per_step * max(self.total_steps - step, 0), 1)
         if self._out is not None:
             self._out.write(rec)
+        if self._trackers is not None:
+            self._trackers.log(step, {k: v for k, v in rec.items() if k not in ("step", "time", "eta_s")})
         if self.echo:
             self._print(rec)
         return rec
@@ -259,6 +318,8 @@ class MetricsWriter:
     def close(self) -> None:
         if self._out is not None:
             self._out.close()
+        if self._trackers is not None:
+            self._trackers.close()
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

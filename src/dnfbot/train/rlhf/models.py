@@ -182,9 +182,13 @@ class PPOModels:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits / T, values) for the response positions only: the LM head runs on R positions, not on the
         whole sequence, which is where PPO saves memory against a plain forward()."""
-        hidden = backbone_hidden(self.lm, ids, mask)[:, q_len - 1 : -1]
+        hidden = self.policy_hidden(ids, mask, q_len)
         logits = _core(self.lm).get_output_embeddings()(hidden).float() / temperature
         return logits, self.value_head(hidden.float()).squeeze(-1)
+
+    def policy_hidden(self, ids: torch.Tensor, mask: torch.Tensor, q_len: int) -> torch.Tensor:
+        """The policy's last hidden state at the positions that predict the response tokens."""
+        return backbone_hidden(self.lm, ids, mask)[:, q_len - 1 : -1]
 
     @torch.no_grad()
     def ref_logits(

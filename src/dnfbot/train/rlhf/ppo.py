@@ -41,9 +41,11 @@ Implementation details of Huang et al., "The N+ Implementation Details of RLHF w
     - adaptive KL controller (Ziegler et al. 2019) or a fixed coefficient
     - Adam eps=1e-5, linear learning-rate decay, global gradient-norm clipping
 
-Not implemented (on purpose): a separate value network initialised from the reward model (the value head sits on
-the policy so that only one base model is in memory; it starts at zero = the mean normalised reward); DeepSpeed /
-multi-GPU rollouts.
+Beyond the paper: the value head (on the policy, so that only one base model is in memory) is warmed up by a ridge
+regression on the initial policy's returns before the first update (`value_warmup`), and a batch's epochs stop
+early once an epoch's mean approx KL exceeds `target_approx_kl` (CleanRL). Several processes: rlhf/dist.py.
+Not implemented (on purpose): a separate value network initialised from the reward model (a second base in
+memory); DeepSpeed / FSDP (with a 4-bit base and LoRA, plain data parallelism is the sensible setting).
 """
 
 from __future__ import annotations
@@ -60,13 +62,16 @@ import torch.nn.functional as F
 from dnfbot.errors import InputError
 from dnfbot.train.common import MetricsWriter
 from dnfbot.train.options import PPOOptions
+from dnfbot.train.rlhf.dist import Dist
 from dnfbot.train.rlhf.models import POLICY, PPOModels, read_adapter_weights
-from dnfbot.train.rlhf.rollout import Rollout, kl_estimates, policy_forward, rollout
+from dnfbot.train.rlhf.rollout import Rollout, kl_estimates, policy_forward
 from dnfbot.train.rlhf.run import (
     batch_indices,
     evaluate_after,
     evaluate_before,
     finish_summary,
+    initial_rollout,
+    rollout_share,
     save_policy,
     score_statistics,
     start_run,
@@ -87,9 +92,22 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return masked_mean((x - mean) ** 2, mask)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / std over the masked entries; shift_mean=False keeps the mean (used for rewards)."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+def _same(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def masked_whiten(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    total: Callable[[torch.Tensor], torch.Tensor] = _same,
+) -> torch.Tensor:
+    """(x - mean) / std over the masked entries; shift_mean=False keeps the mean (used for rewards).
+
+    total: sums a statistic over all processes (Dist.total), so a multi-process batch is whitened as one."""
+    n = total(mask.sum()).clamp(min=1)
+    mean = total((x * mask).sum()) / n
+    var = total(((x - mean) ** 2 * mask).sum()) / n
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -176,7 +194,12 @@ class KLController:
 
 
 def shaped_rewards(
-    ro: Rollout, kl_coef: float, score_mean: float, score_std: float, cfg: PPOOptions
+    ro: Rollout,
+    kl_coef: float,
+    score_mean: float,
+    score_std: float,
+    cfg: PPOOptions,
+    total: Callable[[torch.Tensor], torch.Tensor] = _same,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token rewards: -beta * k1 on every token, + normalised score (minus the no-EOS penalty) on the last."""
     mask = ro.response_mask.float()
@@ -187,8 +210,53 @@ def shaped_rewards(
     last = ro.response_mask.sum(1) - 1
     rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores
     if cfg.whiten_rewards:
-        rewards = masked_whiten(rewards, mask, shift_mean=False)
+        rewards = masked_whiten(rewards, mask, shift_mean=False, total=total)
     return rewards, scores, k1 * mask
+
+
+@torch.no_grad()
+def warm_up_value_head(
+    models: PPOModels, ro: Rollout, score_mean: float, score_std: float, cfg: PPOOptions, dist: Dist
+) -> float:
+    """Fit the value head to the initial policy's returns before the first update; returns the explained variance.
+
+    A value head that starts at zero makes the first advantages pure noise around the score, and PPO spends its
+    first updates (and KL budget) on them. At the start the policy is the reference, so there is no KL term and the
+    return of every response token is the shaped final score; the value head is linear in the last hidden state,
+    so the fit is one ridge regression on those hidden states — the sufficient statistics summed over processes,
+    every rank solving the same system."""
+    mask = ro.response_mask
+    rewards, _, _ = shaped_rewards(ro, 0.0, score_mean, score_std, cfg, dist.total)
+    returns = rewards.flip(1).cumsum(1).flip(1)  # gamma = 1: the sum of the rewards still to come
+    d = models.value_head.in_features
+    gram = torch.zeros(d + 1, d + 1, dtype=torch.float64)
+    xty = torch.zeros(d + 1, dtype=torch.float64)
+    sums = torch.zeros(3, dtype=torch.float64)  # n, sum y, sum y^2 (for the explained variance)
+    q_len = ro.query_ids.shape[1]
+    for i in range(0, mask.shape[0], cfg.forward_batch_size):
+        rows = slice(i, i + cfg.forward_batch_size)
+        r_len = int(mask[rows].sum(1).max())
+        hidden = models.policy_hidden(ro.ids[rows, : q_len + r_len], ro.mask[rows, : q_len + r_len], q_len)
+        keep = mask[rows, :r_len].bool()
+        h = hidden[keep].double().cpu()
+        h = torch.cat([h, torch.ones(len(h), 1, dtype=h.dtype)], 1)
+        y = returns[rows, :r_len][keep].double().cpu()
+        gram += h.T @ h
+        xty += h.T @ y
+        sums += torch.stack([torch.tensor(float(len(y)), dtype=y.dtype), y.sum(), (y * y).sum()])
+    gram, xty, sums = dist.total(gram), dist.total(xty), dist.total(sums)
+    ridge = 1e-3 * float(gram.diagonal()[:d].mean()) + 1e-8
+    gram[:d, :d] += ridge * torch.eye(d, dtype=gram.dtype)
+    w = torch.linalg.solve(gram, xty)
+    head = models.value_head
+    head.weight.copy_(w[:d].to(head.weight.dtype).view_as(head.weight))
+    head.bias.copy_(w[d:].to(head.bias.dtype))
+    n, sy, syy = sums.tolist()
+    var_y = syy / n - (sy / n) ** 2
+    # residual = y'y - 2 w'X'y + w'X'Xw, with the unregularised gram
+    gram[:d, :d] -= ridge * torch.eye(d, dtype=gram.dtype)
+    resid = syy - 2 * float(w @ xty) + float(w @ gram @ w)
+    return 1.0 - resid / n / var_y if var_y > 1e-12 else 0.0
 
 
 def ppo_step(
@@ -200,26 +268,37 @@ def ppo_step(
     score_mean: float,
     score_std: float,
     generator: torch.Generator,
+    dist: Dist | None = None,
+    mine: range | None = None,
 ) -> dict[str, float]:
+    """One PPO iteration on a rollout batch. With several processes `ro` holds this rank's share (`mine`, its
+    positions in the global batch): the minibatches are drawn over the global batch, each rank back-propagates
+    the episodes of a minibatch it holds and the gradients are summed (rlhf/dist.py)."""
+    dist = dist or Dist()
+    mine = mine if mine is not None else range(ro.response_ids.shape[0])
+    B = cfg.batch_size if dist.world > 1 else ro.response_ids.shape[0]  # the global batch
     mask = ro.response_mask.float()
-    rewards, norm_scores, k1 = shaped_rewards(ro, kl.value, score_mean, score_std, cfg)
+    rewards, norm_scores, k1 = shaped_rewards(ro, kl.value, score_mean, score_std, cfg, dist.total)
     advantages, returns = compute_gae(rewards, ro.values, mask, cfg.gamma, cfg.lam)
-    advantages = masked_whiten(advantages, mask)
+    advantages = masked_whiten(advantages, mask, total=dist.total)
 
     models.lm.train()  # dropout is disabled; train() only switches gradient checkpointing on
     params = models.trainable_parameters()
     stats: dict[str, list[float]] = {
         k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "vf_clipfrac", "approxkl", "entropy", "ratio")
     }
-    B, q_len = ro.response_ids.shape[0], ro.query_ids.shape[1]
+    q_len = ro.query_ids.shape[1]
     ids, full_mask = ro.ids, ro.mask
+    epochs_done, updates = 0, 0
     for _ in range(cfg.ppo_epochs):
-        order = torch.randperm(B, generator=generator).to(ids.device)
+        epoch_kl: list[float] = []
+        order = torch.randperm(B, generator=generator).tolist()
         for mb_start in range(0, B, cfg.mini_batch_size):
             mb = order[mb_start : mb_start + cfg.mini_batch_size]
+            local = [g - mine.start for g in mb if g in mine]  # this rank's episodes of the minibatch
             optimizer.zero_grad(set_to_none=True)
-            for mc_start in range(0, len(mb), cfg.micro_batch_size):
-                idx = mb[mc_start : mc_start + cfg.micro_batch_size]
+            for mc_start in range(0, len(local), cfg.micro_batch_size):
+                idx = torch.tensor(local[mc_start : mc_start + cfg.micro_batch_size], device=ids.device)
                 r_len = int(ro.response_mask[idx].sum(1).max())  # drop all-padding columns
                 m = mask[idx, :r_len]
                 logits, logp, v = policy_forward(
@@ -231,7 +310,7 @@ def ppo_step(
                 vf, vf_stats = value_loss(
                     v, ro.values[idx, :r_len], returns[idx, :r_len], m, cfg.cliprange_value
                 )
-                loss = (pg + cfg.vf_coef * vf) * len(idx) / len(mb)
+                loss = (pg + cfg.vf_coef * vf) * len(idx) / len(mb)  # a share of the global minibatch
                 loss.backward()
                 with torch.no_grad():
                     stats["entropy"].append(float(masked_mean(entropy_from_logits(logits), m)))
@@ -240,37 +319,52 @@ def ppo_step(
                 stats["vf_loss"].append(float(vf.detach()))
                 for k, val in {**pg_stats, **vf_stats}.items():
                     stats[k].append(float(val))
+                epoch_kl.append(float(pg_stats["approxkl"]))
+            dist.sum_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
+            updates += 1
+        epochs_done += 1
+        # approx-KL early stop (CleanRL's target_kl): the policy moved far enough on this batch; every rank
+        # decides on the same all-rank mean so that they stop together
+        if cfg.target_approx_kl > 0:
+            mean_kl = dist.mean({"kl": _mean(epoch_kl) if epoch_kl else 0.0})["kl"]
+            if mean_kl > cfg.target_approx_kl:
+                break
     models.lm.eval()
 
     seq_kl = k1.sum(1)
     _, k3 = kl_estimates(ro.logprobs, ro.ref_logprobs)
-    return {
-        "reward": float(ro.scores.mean()),  # raw reward-model score
-        "reward_std": float(ro.scores.std()) if B > 1 else 0.0,
-        "score_normalized": float(norm_scores.mean()),
-        "kl": float(seq_kl.mean()),  # nats per response, k1
-        "kl_k3": float((k3 * mask).sum(1).mean()),
-        "kl_coef": kl.value,
-        "non_score_reward": float((-kl.value * k1).sum(1).mean()),
-        "policy_loss": _mean(stats["pg_loss"]),
-        "value_loss": _mean(stats["vf_loss"]),
-        "clipfrac": _mean(stats["clipfrac"]),
-        "vf_clipfrac": _mean(stats["vf_clipfrac"]),
-        "approxkl": _mean(stats["approxkl"]),
-        "ratio": _mean(stats["ratio"]),
-        "entropy": _mean(stats["entropy"]),
-        "response_length": float(ro.response_mask.sum(1).float().mean()),
-        "eos_rate": float(ro.has_eos.float().mean()),
-        "advantage_std": float(masked_var(advantages, mask).sqrt()),
-        "return_mean": float(masked_mean(returns, mask)),
-        "value_mean": float(masked_mean(ro.values, mask)),
-    }
+    return dist.mean(
+        {
+            "reward": float(ro.scores.mean()),  # raw reward-model score
+            "reward_std": float(ro.scores.std()) if len(ro.scores) > 1 else 0.0,
+            "score_normalized": float(norm_scores.mean()),
+            "kl": float(seq_kl.mean()),  # nats per response, k1
+            "kl_k3": float((k3 * mask).sum(1).mean()),
+            "kl_coef": kl.value,
+            "non_score_reward": float((-kl.value * k1).sum(1).mean()),
+            "policy_loss": _mean(stats["pg_loss"]),
+            "value_loss": _mean(stats["vf_loss"]),
+            "clipfrac": _mean(stats["clipfrac"]),
+            "vf_clipfrac": _mean(stats["vf_clipfrac"]),
+            "approxkl": _mean(stats["approxkl"]),
+            "ratio": _mean(stats["ratio"]),
+            "entropy": _mean(stats["entropy"]),
+            "response_length": float(ro.response_mask.sum(1).float().mean()),
+            "eos_rate": float(ro.has_eos.float().mean()),
+            "advantage_std": float(masked_var(advantages, mask).sqrt()),
+            "return_mean": float(masked_mean(returns, mask)),
+            "value_mean": float(masked_mean(ro.values, mask)),
+            "ppo_epochs_done": float(epochs_done),
+            "optimizer_updates": float(updates),
+        }
+    )
 
 
 def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else float("nan")
+    # 0.0, not NaN, for a rank that held no episode of any minibatch: the mean over ranks stays finite
+    return sum(xs) / len(xs) if xs else 0.0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -286,11 +380,14 @@ def run_ppo(
     **run_args: Any,
 ) -> dict[str, Any]:
     """Train; returns (and writes to OUT/summary.json) the run summary. Re-running with the same OUT resumes.
+    Under `accelerate launch` / torchrun each process takes its share of every batch (rlhf/dist.py); rank 0
+    writes the files and returns the summary, the other ranks return {}.
 
     run_args: prompts, out_dir, sft_adapter, reward_adapter, resume (see rlhf.run.start_run)."""
+    dist = Dist.from_env()
     run = start_run(
         opts, **run_args, find_checkpoint=latest_checkpoint, with_reference=True,
-        gradient_checkpointing=opts.gradient_checkpointing, echo=show_progress,
+        gradient_checkpointing=opts.gradient_checkpointing, echo=show_progress, dist=dist,
     )  # fmt: skip
     models, train_items = run.models, run.train_items
     optimizer = torch.optim.AdamW(
@@ -298,18 +395,23 @@ def run_ppo(
     )
     kl = KLController(opts.kl_coef, opts.adaptive_kl, opts.target_kl, opts.kl_horizon)
     before = evaluate_before(run, opts)
+    log = MetricsWriter(
+        run.out / "metrics.jsonl", total_steps=opts.steps, echo=show_progress, report_to=opts.report_to
+    )
 
     start_step, resumed_from = 0, None
     if run.checkpoint is not None:
         start_step, (score_mean, score_std) = load_checkpoint(run.checkpoint, models, optimizer, kl)
         resumed_from = str(run.checkpoint)
+        log.event("resume", step=start_step)
     else:
-        score_mean, score_std = score_statistics(run, opts)
+        first = initial_rollout(run, opts) if opts.normalize_reward or opts.value_warmup else None
+        score_mean, score_std = score_statistics(run, opts, first)
+        if opts.value_warmup:
+            explained = warm_up_value_head(models, first, score_mean, score_std, opts, dist)
+            log.event("value_warmup", explained_variance=round(explained, 4), episodes=opts.norm_samples)
 
     gen = torch.Generator().manual_seed(opts.seed)
-    log = MetricsWriter(run.out / "metrics.jsonl", total_steps=opts.steps, echo=show_progress)
-    if resumed_from:
-        log.event("resume", step=start_step)
     t_run = time.time()
     try:
         for step in range(start_step + 1, opts.steps + 1):
@@ -321,29 +423,41 @@ def run_ppo(
             batch = [
                 train_items[i] for i in batch_indices(step, len(train_items), opts.batch_size, opts.seed)
             ]
-            ro = rollout(models, [ids for _, ids in batch], opts)
+            # sampling seeds depend on the step and the episode's place in the batch: resumable, and the same
+            # samples with any number of processes
+            mine, ro = rollout_share(run, batch, opts, opts.seed * 7919 + step)
             t_rollout = time.time() - t0
-            metrics = ppo_step(models, optimizer, ro, kl, opts, score_mean, score_std, gen)
+            metrics = ppo_step(models, optimizer, ro, kl, opts, score_mean, score_std, gen, dist, mine)
             kl.update(metrics["kl"], opts.batch_size)
             elapsed = time.time() - t0
+            tokens = float(dist.total(ro.response_mask.sum().double()))  # all ranks' response tokens
+            generate_s = dist.mean({"s": ro.generate_s})["s"]
             metrics.update(
                 lr=optimizer.param_groups[0]["lr"],
                 step_s=elapsed,
                 rollout_s=t_rollout,
-                tokens_per_s=int(ro.response_mask.sum()) / max(elapsed, 1e-9),
+                generate_s=generate_s,
+                # sampling speed alone (generate()), and the whole step's (rollout + scoring + updates)
+                rollout_tokens_per_s=tokens / max(generate_s, 1e-9),
+                tokens_per_s=tokens / max(elapsed, 1e-9),
             )
             log.log(step, **metrics)
             if step % opts.save_every == 0 or step == opts.steps:
-                save_checkpoint(
-                    run.out, step, models, optimizer, kl, (score_mean, score_std), opts.keep_checkpoints
-                )
+                if dist.main:
+                    save_checkpoint(
+                        run.out, step, models, optimizer, kl, (score_mean, score_std), opts.keep_checkpoints
+                    )
+                dist.barrier()  # no rank runs ahead of a checkpoint it might have to resume from
             if on_step is not None:
                 on_step(step, metrics)
     finally:
         log.close()
 
-    save_policy(models, run.out / "adapter")
+    if dist.main:
+        save_policy(models, run.out / "adapter")
     after = evaluate_after(run, opts)
+    if not dist.main:
+        return {}
     return finish_summary(run, opts, before, after, resumed_from, time.time() - t_run)
 
 

@@ -96,8 +96,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, samples: in
     """Write report.md (+ PNGs) for a run; returns the numbers it reports."""
     run = Path(run_dir)
     data = load_run(run)
-    before = {r["prompt"]: r for r in data["before"]}
-    pairs = [(before[r["prompt"]], r) for r in data["after"] if r["prompt"] in before]
+    before = {(r["prompt"], r.get("sample", 0)): r for r in data["before"]}
+    pairs = [(before[key], r) for r in data["after"] if (key := (r["prompt"], r.get("sample", 0))) in before]
     if not pairs:
         raise InputError(f"{run}: eval_before.jsonl and eval_after.jsonl share no prompt")
     report_path = Path(out) if out else run / "report.md"
@@ -121,7 +121,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, samples: in
         f"reward model: adapter `{cfg.get('reward_adapter')}`"
         + (f" on `{cfg['reward_model']}`" if cfg.get("reward_model") else " on the same base")
         + "  ",
-        f"Steps: {summary.get('steps', len(data['metrics']))}; held-out prompts: {len(pairs)}.",
+        f"Steps: {summary.get('steps', len(data['metrics']))}; held-out prompts: "
+        f"{len({b['prompt'] for b, _ in pairs})} ({len(pairs)} responses).",
         "",
         "## Held-out prompts: before vs after",
         "",
@@ -133,7 +134,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, samples: in
         f"| responses ending with EOS | {_share([b['has_eos'] for b, _ in pairs])} "
         f"| {_share([a['has_eos'] for _, a in pairs])} |",
         "",
-        f"Reward higher after training on {wins} of {len(pairs)} prompts "
+        f"Reward higher after training on {wins} of {len(pairs)} responses "
         f"(change {_fmt(None if r_after is None or r_before is None else r_after - r_before)}).",
         f"Reference frozen (its log-probs of the 'before' responses unchanged): "
         f"{summary.get('reference_frozen', 'n/a')}; reference shares the base weights: "
@@ -144,7 +145,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, samples: in
         "| # | Query | Response (before) | Response (after) | Reward (before) | Reward (after) |",
         "|---|---|---|---|---|---|",
     ]
-    for i, (b, a) in enumerate(pairs[:samples], 1):
+    first = [(b, a) for b, a in pairs if a.get("sample", 0) == 0]  # one response per prompt in the table
+    for i, (b, a) in enumerate(first[:samples], 1):
         lines.append(
             f"| {i} | {_cell(b['prompt'], 120)} | {_cell(b['response'])} | {_cell(a['response'])} "
             f"| {b['reward']:+.3f} | {a['reward']:+.3f} |"
@@ -188,3 +190,81 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, samples: in
 
 def _share(flags: list[bool]) -> str:
     return f"{sum(flags)}/{len(flags)}"
+
+
+def compare_runs(runs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
+    """Several RLHF runs on the same prompts side by side (e.g. `--algo ppo` vs `rloo`): compare.md with one row per
+    run (held-out reward before → after, the gain in starting-reward standard deviations, KL, length, EOS rate,
+    optimizer updates, time) and the reward / KL curves of all runs overlaid in compare_*.png."""
+    import statistics
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, series = [], {}
+    for run in runs:
+        data = load_run(run)
+        before = [r["reward"] for r in data["before"]]
+        after = [r["reward"] for r in data["after"]]
+        if not before or not after:
+            raise InputError(f"{run}: no held-out evaluation to compare")
+        std = statistics.pstdev(before) or 1.0
+        label = f"{data['config'].get('algo', 'ppo')} ({Path(run).name})"
+        row = {
+            "run": str(run),
+            "label": label,
+            "reward_before": statistics.mean(before),
+            "reward_after": statistics.mean(after),
+            "gain_std": (statistics.mean(after) - statistics.mean(before)) / std,
+            "improved": sum(a > b for a, b in zip(after, before, strict=False)),
+            "n_prompts": len(after),
+            "mean_kl": statistics.mean(r["kl"] for r in data["after"]),
+            "length_after": statistics.mean(r["length"] for r in data["after"]),
+            "eos_rate_after": statistics.mean(bool(r["has_eos"]) for r in data["after"]),
+            "optimizer_updates": int(sum(m.get("optimizer_updates", 0) for m in data["metrics"])) or None,
+            "elapsed_s": data["summary"].get("elapsed_s"),
+        }
+        rows.append(row)
+        series[label] = data["metrics"]
+    plots = _overlay(series, out)
+    lines = [
+        "# RLHF runs compared",
+        "",
+        "| run | held-out reward before → after | gain (start std) | improved | mean KL | length | EOS | updates | time (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {r['reward_before']:+.3f} → {r['reward_after']:+.3f} | {r['gain_std']:+.2f} "
+            f"| {r['improved']}/{r['n_prompts']} | {r['mean_kl']:.2f} | {r['length_after']:.1f} "
+            f"| {r['eos_rate_after']:.2f} | {r['optimizer_updates'] or 'n/a'} | {r['elapsed_s'] or 'n/a'} |"
+        )
+    lines += ["", *[f"![{p.stem}]({p.name})" for p in plots], ""]
+    atomic_write_text(out / "compare.md", "\n".join(lines))
+    return {"report": str(out / "compare.md"), "plots": [str(p) for p in plots], "runs": rows}
+
+
+def _overlay(series: dict[str, list[dict]], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name in ("reward", "kl"):
+        key, label = PLOTS[name]
+        fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
+        for run_label, metrics in series.items():
+            points = [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), int | float)]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, linewidth=1.5, label=run_label)
+        ax.set_xlabel("step")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"compare_{name}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -11,6 +11,9 @@ padding, masked out of every loss); the reward-model score read at the last toke
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -79,6 +82,7 @@ class Rollout:
     ref_logprobs: torch.Tensor
     values: torch.Tensor
     scores: torch.Tensor  # (B,) raw reward-model scores
+    generate_s: float = 0.0  # wall time inside generate(): rollout speed = response tokens / generate_s
 
     @property
     def ids(self) -> torch.Tensor:
@@ -89,8 +93,19 @@ class Rollout:
         return torch.cat([self.query_mask, self.response_mask], 1)
 
 
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
+@contextlib.contextmanager
+def fixed_seed(seed: int) -> Iterator[None]:
+    """Run with a fixed seed without disturbing the training RNG stream (CPU and the current GPU)."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def left_pad(
+    rows: list[list[int]], pad_id: int, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(width or 0, max(len(r) for r in rows))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
@@ -104,8 +119,21 @@ def pad_right(t: torch.Tensor, width: int, value: int | float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rollout(models: PPOModels, queries: list[list[int]], cfg: PPOOptions) -> Rollout:
-    """Sample one response per query, then score everything with no-grad forward passes in chunks."""
+def rollout(
+    models: PPOModels,
+    queries: list[list[int]],
+    cfg: PPOOptions,
+    *,
+    seed: int | None = None,
+    offset: int = 0,
+    pad_to: int | None = None,
+) -> Rollout:
+    """Sample one response per query, then score everything with no-grad forward passes in chunks.
+
+    seed: each generate() chunk samples with seed + its global position (`offset` + index), so a rank that rolls
+    out queries offset.. of a global batch samples exactly what a single process would (rlhf/dist.py); None
+    continues the global RNG stream. pad_to: left-pad queries to this width (the global batch's), for the same
+    reason."""
     from transformers import GenerationConfig
 
     tok, lm, device = models.tokenizer, models.lm, models.device
@@ -118,16 +146,20 @@ def rollout(models: PPOModels, queries: list[list[int]], cfg: PPOOptions) -> Rol
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
     )
-    q_ids, q_mask = left_pad(queries, tok.pad_token_id)
+    q_ids, q_mask = left_pad(queries, tok.pad_token_id, pad_to)
     q_len = q_ids.shape[1]
     lm.eval()
     parts: list[dict[str, torch.Tensor]] = []
+    generate_s = 0.0
     for i in range(0, len(queries), cfg.forward_batch_size):
         qi, qm = (
             q_ids[i : i + cfg.forward_batch_size].to(device),
             q_mask[i : i + cfg.forward_batch_size].to(device),
         )
-        out = lm.generate(input_ids=qi, attention_mask=qm, generation_config=gen)
+        t0 = time.perf_counter()
+        with fixed_seed(seed + offset + i) if seed is not None else contextlib.nullcontext():
+            out = lm.generate(input_ids=qi, attention_mask=qm, generation_config=gen)
+        generate_s += time.perf_counter() - t0
         resp, r_mask, has_eos = truncate_after_eos(out[:, q_len:], tok.eos_token_id, tok.pad_token_id)
         ids, mask = torch.cat([qi, resp], 1), torch.cat([qm, r_mask], 1)
         _, logp, values = policy_forward(models, ids, mask, q_len, cfg.temperature)
@@ -152,4 +184,5 @@ def rollout(models: PPOModels, queries: list[list[int]], cfg: PPOOptions) -> Rol
         ref_logprobs=cat("ref", 0.0) * r_mask,
         values=cat("v", 0.0) * r_mask,
         scores=torch.cat([p["s"] for p in parts]),
+        generate_s=generate_s,
     )

@@ -6,10 +6,9 @@ reward statistics, the before/after evaluation and the proof that the reference 
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,15 @@ from dnfbot.io import atomic_write_json, iter_records, read_jsonl, write_jsonl
 from dnfbot.options import as_dict
 from dnfbot.train.common import read_metrics, write_summary
 from dnfbot.train.options import PPOOptions, run_config
+from dnfbot.train.rlhf.dist import Dist
 from dnfbot.train.rlhf.models import POLICY, PPOModels, build_models, models_storage_bytes
-from dnfbot.train.rlhf.rollout import kl_estimates, left_pad, reference_logprobs, rollout
+from dnfbot.train.rlhf.rollout import (
+    Rollout,
+    kl_estimates,
+    left_pad,
+    reference_logprobs,
+    rollout,
+)
 
 # --- data ------------------------------------------------------------------------------------------------------
 
@@ -102,15 +108,6 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
     return out
 
 
-@contextlib.contextmanager
-def fixed_seed(seed: int) -> Iterator[None]:
-    """Run with a fixed seed without disturbing the training RNG stream (CPU and the current GPU)."""
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
 # --- the run: set-up, evaluation, summary ----------------------------------------------------------------------
 
 
@@ -121,6 +118,7 @@ class Run:
     train_items: list[tuple[str, list[int]]]
     eval_items: list[tuple[str, list[int]]]
     checkpoint: Path | None  # to resume from
+    dist: Dist = field(default_factory=Dist)  # this process's place in a multi-process run (rlhf/dist.py)
 
 
 def start_run(
@@ -136,6 +134,7 @@ def start_run(
     gradient_checkpointing: bool,
     force: bool = False,
     echo: bool = True,
+    dist: Dist | None = None,
 ) -> Run:
     """Validate, refuse to mix runs, load prompts and models, split held-out prompts, write config.json.
 
@@ -143,6 +142,8 @@ def start_run(
     same base; resume: continue from the last complete checkpoint in `out_dir` (else refuse to mix runs) — with
     the options it was started with (a changed one is refused unless `force`); echo: the prompt split on stderr."""
     opts.validate()
+    dist = dist or Dist()
+    echo = echo and dist.main
     out = Path(out_dir)
     found = find_checkpoint(out)
     if not resume and found is not None:
@@ -184,31 +185,37 @@ def start_run(
         seed=opts.seed,
     )
     train_items = encode_queries(train_prompts, models.tokenizer, opts.max_prompt_tokens)
-    eval_items = encode_queries(eval_prompts, models.tokenizer, opts.max_prompt_tokens)
+    # each held-out prompt eval_samples times (prompt-major): the evaluation's seeds differ per position
+    eval_items = [
+        item
+        for item in encode_queries(eval_prompts, models.tokenizer, opts.max_prompt_tokens)
+        for _ in range(opts.eval_samples)
+    ]
     if not train_items:
         raise InputError(f"{prompts}: no training prompt fits in max_prompt_tokens={opts.max_prompt_tokens}")
-    atomic_write_json(
-        out / "config.json",
-        {
-            "algo": opts.algo,
-            "model": str(opts.model),
-            "sft_adapter": _str(sft_adapter),
-            "reward_adapter": _str(reward_adapter),
-            "reward_model": opts.reward_model,
-            "prompts": str(prompts),
-            "load_in_4bit": opts.load_in_4bit,
-            "n_train_prompts": len(train_items),
-            "n_eval_prompts": len(eval_items),
-            "held_out": held_note,
-            "recipe": getattr(opts, "recipe", None),
-            "ppo": as_dict(opts),
-        },
-    )
-    return Run(out, models, train_items, eval_items, found if resume else None)
+    config = {
+        "algo": opts.algo,
+        "model": str(opts.model),
+        "sft_adapter": _str(sft_adapter),
+        "reward_adapter": _str(reward_adapter),
+        "reward_model": opts.reward_model,
+        "prompts": str(prompts),
+        "load_in_4bit": opts.load_in_4bit,
+        "n_train_prompts": len(train_items),
+        "n_eval_prompts": len(eval_items) // opts.eval_samples,
+        "eval_samples": opts.eval_samples,
+        "held_out": held_note,
+        "recipe": getattr(opts, "recipe", None),
+        "ppo": as_dict(opts),
+        "processes": dist.world,
+    }
+    if dist.main:
+        atomic_write_json(out / "config.json", config)
+    return Run(out, models, train_items, eval_items, found if resume else None, dist)
 
 
 # options that may change on resume: they do not change what is trained (logging, checkpoints, threads)
-RESUMABLE_CHANGES = {"save_every", "keep_checkpoints", "threads", "forward_batch_size"}
+RESUMABLE_CHANGES = {"save_every", "keep_checkpoints", "threads", "forward_batch_size", "report_to"}
 
 
 def check_same_config(
@@ -250,42 +257,80 @@ def evaluate_before(run: Run, opts: PPOOptions) -> list[dict]:
     path = run.out / "eval_before.jsonl"
     if path.exists():
         return read_jsonl(path)
-    before = evaluate(run.models, run.eval_items, opts, opts.seed + 1) if run.eval_items else []
-    write_jsonl(path, before)
+    before = evaluate(run.models, run.eval_items, opts, opts.seed + 1, run.dist) if run.eval_items else []
+    if run.dist.main:
+        write_jsonl(path, before)
     return before
 
 
 def evaluate_after(run: Run, opts: PPOOptions) -> list[dict]:
-    after = evaluate(run.models, run.eval_items, opts, opts.seed + 1) if run.eval_items else []
-    write_jsonl(run.out / "eval_after.jsonl", after)
+    after = evaluate(run.models, run.eval_items, opts, opts.seed + 1, run.dist) if run.eval_items else []
+    if run.dist.main:
+        write_jsonl(run.out / "eval_after.jsonl", after)
     return after
 
 
-def score_statistics(run: Run, opts: PPOOptions) -> tuple[float, float]:
-    """Mean and std of the reward model's scores for the initial policy's responses: normalising with them makes
-    the reward scale (and the KL coefficient) mean the same for any reward model. (0, 1) when off."""
+def rollout_share(
+    run: Run, items: list[tuple[str, list[int]]], opts: PPOOptions, seed: int
+) -> tuple[range, Rollout]:
+    """This rank's share of a global batch of `items`, sampled as one process would sample it (rlhf/dist.py)."""
+    mine = run.dist.shard(len(items))
+    width = max(len(ids) for _, ids in items)
+    ro = rollout(
+        run.models, [items[i][1] for i in mine], opts, seed=seed * 1_000_003, offset=mine.start, pad_to=width
+    )
+    return mine, ro
+
+
+def initial_rollout(run: Run, opts: PPOOptions) -> Rollout:
+    """The initial policy's responses to `norm_samples` training prompts (this rank's share): the reward
+    statistics and the value warm-up are computed from them."""
+    items = [
+        run.train_items[i] for i in batch_indices(1, len(run.train_items), opts.norm_samples, opts.seed + 7)
+    ]
+    return rollout_share(run, items, opts, opts.seed + 2)[1]
+
+
+def score_statistics(run: Run, opts: PPOOptions, ro: Rollout | None = None) -> tuple[float, float]:
+    """Mean and std of the reward model's scores for the initial policy's responses (all ranks'): normalising with
+    them makes the reward scale (and the KL coefficient) mean the same for any reward model. (0, 1) when off."""
     if not opts.normalize_reward:
         return 0.0, 1.0
-    items = run.train_items
-    norm = [items[i] for i in batch_indices(1, len(items), opts.norm_samples, opts.seed + 7)]
-    with fixed_seed(opts.seed + 2):
-        scores = rollout(run.models, [ids for _, ids in norm], opts).scores
+    ro = ro if ro is not None else initial_rollout(run, opts)
+    scores = torch.tensor(run.dist.gather(ro.scores.float().cpu().tolist()))
     return float(scores.mean()), max(float(scores.std()) if len(scores) > 1 else 1.0, 1e-3)
 
 
 @torch.no_grad()
-def evaluate(models: PPOModels, items: list[tuple[str, list[int]]], cfg: PPOOptions, seed: int) -> list[dict]:
-    """Sample one response per held-out prompt with a fixed seed; score, KL to the reference, length."""
-    with fixed_seed(seed):
-        ro = rollout(models, [ids for _, ids in items], cfg)
+def evaluate(
+    models: PPOModels,
+    items: list[tuple[str, list[int]]],
+    cfg: PPOOptions,
+    seed: int,
+    dist: Dist | None = None,
+) -> list[dict]:
+    """Sample one response per held-out prompt with a fixed seed (the same with any number of processes: each
+    rolls out its share and the records are gathered); score, KL to the reference, length."""
+    dist = dist or Dist()
+    mine = dist.shard(len(items))
+    width = max(len(ids) for _, ids in items)
+    ro = rollout(
+        models, [items[i][1] for i in mine], cfg, seed=seed * 1_000_003, offset=mine.start, pad_to=width
+    )
     k1, _ = kl_estimates(ro.logprobs, ro.ref_logprobs)
     records = []
-    for i, (prompt, _) in enumerate(items):
+    seen: dict[str, int] = {}
+    sample = []  # which response of its prompt each item is (eval_samples > 1 repeats a prompt)
+    for prompt, _ in items:
+        sample.append(seen.get(prompt, 0))
+        seen[prompt] = sample[-1] + 1
+    for i, (prompt, _) in enumerate(items[mine.start : mine.stop]):
         m = ro.response_mask[i].bool()
         resp = ro.response_ids[i][m].tolist()
         records.append(
             {
                 "prompt": prompt,
+                "sample": sample[mine.start + i],
                 "response": models.tokenizer.decode(resp, skip_special_tokens=True),
                 "reward": float(ro.scores[i]),
                 "kl": float((k1[i] * m).sum()),
@@ -295,7 +340,7 @@ def evaluate(models: PPOModels, items: list[tuple[str, list[int]]], cfg: PPOOpti
                 "ref_logprob": float(ro.ref_logprobs[i][m].sum()),
             }
         )
-    return records
+    return dist.gather(records)
 
 
 @torch.no_grad()
@@ -379,7 +424,8 @@ def finish_summary(
         "response_length_after": a["length"],
         "eos_rate_before": b["eos_rate"],
         "eos_rate_after": a["eos_rate"],
-        "n_eval_prompts": len(after),
+        "n_eval_prompts": len(after) // opts.eval_samples,
+        "n_eval_responses": len(after),
         "reference_frozen": reference_is_frozen(models, run.eval_items, before, opts),
         "reference_shares_base": models.ref_model is None,
         "reward_shares_base": models.reward.shared,

@@ -13,6 +13,7 @@ baseline (GRPO: mean/std of the group; RLOO: leave-one-out mean), KL as a loss t
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -81,15 +82,27 @@ class RewardFunction:
         return out
 
 
+def updates_per_batch(cfg: PPOOptions) -> int:
+    """Optimizer steps per rollout batch — PPO's ppo_epochs x minibatches, given to TRL too (num_iterations epochs
+    over the generation batch, one step per minibatch), so that a comparison makes as many updates as PPO."""
+    return cfg.ppo_epochs * (cfg.batch_size // cfg.mini_batch_size)
+
+
 def _trl_config(cfg: PPOOptions, out: Path) -> Any:
     from trl import GRPOConfig, RLOOConfig
 
     on_gpu = torch.cuda.is_available()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    k = updates_per_batch(cfg)
     kwargs: dict[str, Any] = dict(
         output_dir=str(out / "trl"),
-        max_steps=cfg.steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=1,
+        max_steps=cfg.steps * k,  # TRL counts optimizer steps
+        # the PPO batch shapes: micro-batches per forward/backward, accumulated over a minibatch, batch_size
+        # completions generated per rollout (group_size per prompt) and reused for ppo_epochs passes
+        per_device_train_batch_size=max(cfg.micro_batch_size // world, 1),
+        gradient_accumulation_steps=cfg.mini_batch_size // cfg.micro_batch_size,
+        steps_per_generation=cfg.batch_size // cfg.micro_batch_size,
+        num_iterations=cfg.ppo_epochs,
         num_generations=cfg.group_size,
         max_completion_length=cfg.max_new_tokens,
         temperature=cfg.temperature,
@@ -100,14 +113,15 @@ def _trl_config(cfg: PPOOptions, out: Path) -> Any:
         max_grad_norm=cfg.max_grad_norm,
         beta=cfg.kl_coef,
         epsilon=cfg.cliprange,
-        num_iterations=1,
         disable_dropout=True,
         gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=1,
-        save_steps=cfg.save_every,
+        save_steps=cfg.save_every * k,
         save_total_limit=max(cfg.keep_checkpoints, 1),
         seed=cfg.seed,
-        report_to=[],
+        report_to=[
+            n for n in ([cfg.report_to] if isinstance(cfg.report_to, str) else cfg.report_to) if n != "none"
+        ],
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         use_cpu=not on_gpu,
         disable_tqdm=True,
@@ -147,13 +161,17 @@ def run_trl_rl(opts: PPOOptions, *, show_progress: bool = True, **run_args: Any)
     reward_fn = RewardFunction(models, stats["mean"], stats["std"], cfg.no_eos_penalty)
 
     dataset = Dataset.from_list([{"prompt": model_prompt(p)} for p, _ in run.train_items])
+    k = updates_per_batch(cfg)
     writer = MetricsWriter(out / "metrics.jsonl", total_steps=cfg.steps, echo=show_progress)
     if ckpt is not None:
-        writer.event("resume", step=int(ckpt.name.split("-")[-1]))
+        writer.event("resume", step=int(ckpt.name.split("-")[-1]) // k)
 
     class _Log(TrainerCallback):
+        """TRL logs every optimizer step; metrics.jsonl gets one record per rollout batch, as PPO's (the last
+        update's numbers, with the batch's reward)."""
+
         def __init__(self) -> None:
-            self.t = time.time()
+            self.t, self.reward = time.time(), None
 
         def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
             logs = dict(logs or {})
@@ -161,19 +179,21 @@ def run_trl_rl(opts: PPOOptions, *, show_progress: bool = True, **run_args: Any)
                 return
             rec = {ours: logs[k] for k, ours in _LOG_KEYS.items() if isinstance(logs.get(k), int | float)}
             raw = reward_fn.pop_mean()
-            if raw is not None:
-                rec["reward"] = raw
+            if raw is not None:  # a new rollout batch was generated and scored
+                now = time.time()
+                if "response_length" in rec:
+                    rec["tokens_per_s"] = rec["response_length"] * cfg.batch_size / max(now - self.t, 1e-9)
+                self.t, self.reward = now, raw
+            if self.reward is not None:
+                rec["reward"] = self.reward
             if isinstance(logs.get("reward"), int | float):
                 rec["score_normalized"] = logs["reward"]
             if "kl_per_token" in rec and "response_length" in rec:
                 rec["kl"] = (
                     rec["kl_per_token"] * rec["response_length"]
                 )  # ~ nats per response, as PPO logs it
-            now = time.time()
-            if "response_length" in rec:
-                rec["tokens_per_s"] = rec["response_length"] * cfg.batch_size / max(now - self.t, 1e-9)
-            self.t = now
-            writer.log(state.global_step, **rec)
+            if state.global_step % k == 0:  # the batch's last update
+                writer.log(state.global_step // k, **rec, optimizer_updates=k)
 
     trainer_cls = GRPOTrainer if cfg.algo == "grpo" else RLOOTrainer
     trainer = trainer_cls(
