@@ -48,7 +48,7 @@ def _cli(args: list[str]) -> dict:
 # --- pairs ----------------------------------------------------------------------------------------------------
 def test_ict_pairs_are_stable_and_split_by_question_or_doc(tmp_path):
     out = tmp_path / "pairs.jsonl"
-    r = build_pairs([MINI], out, ict_per_chunk=2, valid_fraction=0.5)
+    r = build_pairs([MINI], out, ict_per_chunk=2, valid_fraction=0.5, split_by="question")
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert r["pairs"] == len(rows) >= 8 and r["train"] + r["valid"] == len(rows)
     assert r["chunks_covered"] == r["chunks"]  # every mini chunk has at least one usable sentence
@@ -59,16 +59,39 @@ def test_ict_pairs_are_stable_and_split_by_question_or_doc(tmp_path):
         assert p["split"] == assign_split(p["query"], 0.5)
     assert len({(p["query"], p["chunk_id"]) for p in rows}) == len(rows)
     first = out.read_bytes()
-    build_pairs([MINI], out, ict_per_chunk=2, valid_fraction=0.5)
+    build_pairs([MINI], out, ict_per_chunk=2, valid_fraction=0.5, split_by="question")
     assert out.read_bytes() == first  # deterministic: same pairs, same split, on any machine
 
-    build_pairs([MINI], out, ict_per_chunk=2, valid_fraction=0.5, split_by="doc")
+    assert build_pairs([MINI], out, ict_per_chunk=2, valid_fraction=0.5)["split_by"] == "doc"  # the default
     by_doc: dict[str, set[str]] = {}
     for line in out.read_text(encoding="utf-8").splitlines():
         p = json.loads(line)
         by_doc.setdefault(p["doc_id"], set()).add(p["split"])
     assert all(len(s) == 1 for s in by_doc.values())  # held-out articles are never seen in training
     assert {s for v in by_doc.values() for s in v} == {"train", "valid"}
+
+
+def test_eval_holds_out_only_articles_never_trained_on(tmp_path):
+    from dnfbot.eval.embedder import load_eval_pairs
+
+    out = tmp_path / "pairs.jsonl"
+    build_pairs([MINI], out, ict_per_chunk=2, valid_fraction=0.5, split_by="question")
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    trained = {p["doc_id"] for p in rows if p["split"] == "train"}
+    queries, ids, passages = load_eval_pairs(out)
+    assert queries and all(q["split"] == "valid" and q["doc_id"] not in trained for q in queries)
+    shared = [p for p in rows if p["split"] == "valid" and p["doc_id"] in trained]
+    assert shared and len(queries) == sum(p["split"] == "valid" for p in rows) - len(shared)
+    assert len(ids) == len(set(ids)) == len({p["chunk_id"] for p in rows}) == len(passages)  # the whole pool
+    # a file where every valid pair's article is also trained on holds nothing out: one clear error
+    leaky = [{**p, "split": "train"} for p in rows] + [{**rows[0], "query": "다른 질문", "split": "valid"}]
+    out.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in leaky), encoding="utf-8")
+    with pytest.raises(InputError, match="--split-by doc"):
+        load_eval_pairs(out)
+    # by article (the default), every valid pair is held out
+    build_pairs([MINI], out, ict_per_chunk=2, valid_fraction=0.5)
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(load_eval_pairs(out)[0]) == sum(p["split"] == "valid" for p in rows) > 0
 
 
 def test_synth_pairs_use_the_chunk_the_question_was_written_from(tmp_path):
