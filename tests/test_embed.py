@@ -185,7 +185,8 @@ def test_fine_tuning_improves_heldout_retrieval_end_to_end(
     tmp_path, guide_corpus_path, polyglot_tokenizer_dir
 ):
     """data pairs → train embedder → eval embedder → index build --dense-model → search --mode dense, via the
-    CLI. On held-out questions, the fine-tuned model must beat its random init clearly (Recall@5, MRR@10)."""
+    CLI. On held-out articles' questions, the fine-tuned model must beat its random init clearly (Recall@5,
+    MRR@10)."""
     full = json.loads(guide_corpus_path.read_text(encoding="utf-8"))
     keep = list(full["title"])[:80]  # 80 articles: enough pairs to learn from, quick on a 2-core CPU
     corpus = tmp_path / "guide80.json"
@@ -200,9 +201,21 @@ def test_fine_tuning_improves_heldout_retrieval_end_to_end(
     init = _cli(["model", "init-embedder", "--tokenizer", str(polyglot_tokenizer_dir), "--out", str(base)])
     assert init["dim"] == 64 and init["arch"] == "bert"
     p = _cli(
-        ["data", "pairs", "--out", str(pairs), "--ict", "2", "--corpus", str(corpus), "--config", str(config)]
+        [
+            "data",
+            "pairs",
+            "--out",
+            str(pairs),
+            "--ict",
+            "2",
+            "--valid-fraction",
+            "0.2",
+            "--corpus",
+            str(corpus),
+        ]
+        + ["--config", str(config)]
     )
-    assert p["valid"] >= 50 and p["train"] >= 600
+    assert p["split_by"] == "doc" and p["valid"] >= 50 and p["train"] >= 600  # held-out articles
 
     t = _cli(
         [
@@ -246,8 +259,11 @@ def test_fine_tuning_improves_heldout_retrieval_end_to_end(
     assert [c["label"] for c in e["checkpoints"]] == ["base", "epoch 1", "epoch 2"]
     before, after = e["before"], e["after"]
     assert e["queries"] == p["valid"]
-    assert after["recall@5"] >= before["recall@5"] + 0.05, (before, after)  # measured: 0.24 -> 0.31
+    # articles never trained on (measured: Recall@1 0.13 -> 0.19, MRR@10 0.16 -> 0.21, Recall@5 0.19 -> 0.23;
+    # the question split this test used before let held-out passages into training: 0.24 -> 0.31 at Recall@5)
+    assert after["recall@1"] >= before["recall@1"] + 0.03, (before, after)
     assert after["mrr@10"] >= before["mrr@10"] + 0.03, (before, after)
+    assert after["recall@5"] >= before["recall@5"], (before, after)
     assert after["gap"] > before["gap"] + 0.1  # own passage vs others: the original's separation plot
     for png in ("embedder_similarity_hist.png", "embedder_checkpoints.png"):
         assert (tmp_path / "eval" / png).read_bytes()[:8] == PNG_MAGIC
