@@ -345,9 +345,48 @@ def test_direct_torch_path_gives_sentence_transformers_vectors(tiny_embedder):
 
     enc = open_encoder(str(tiny_embedder))
     assert isinstance(enc, TorchEncoder) and enc.direct is not None  # no sentence-transformers at run time
+    assert enc.fast is not None  # and on the CPU, the lean BERT forward (fast_bert)
     texts = ["무의 장막 신수", "어둑섬 입장 조건은 명성 40000입니다. " * 40, "x"]
     np.testing.assert_allclose(enc.encode(texts), encode(load_model(str(tiny_embedder)), texts), atol=1e-5)
     assert enc.token_counts(texts)[1] == enc.max_seq_length  # cut like sentence-transformers cuts
+
+
+def test_lean_forward_matches_transformers_and_steps_aside_where_it_would_not(tiny_embedder, monkeypatch):
+    import torch
+
+    from dnfbot.retrieval import fast_bert
+    from dnfbot.retrieval.encoders import TorchEncoder
+
+    fast = TorchEncoder(str(tiny_embedder), ("query: ", "passage: "))
+    ref = TorchEncoder(str(tiny_embedder), ("query: ", "passage: "), fast=False)
+    assert fast.fast is not None and ref.fast is None
+    texts = [
+        "무의 장막 신수",
+        "어둑섬 입장 조건은 명성 40000입니다. " * 60,
+        "x",
+        "안개신 레이드 보상 정리 " * 3,
+    ]
+    for kind, batch in (("query", 1), ("query", 4), ("passage", 2)):
+        cos = (fast.encode(texts, kind, batch) * ref.encode(texts, kind, batch)).sum(1)
+        assert cos.min() >= 0.99999, (kind, batch, float(cos.min()))
+    # token type ids, as BERT tokenizers return them, are used like BertModel uses them
+    lean, m = fast_bert.FastBert(fast.model), fast.model
+    ids = torch.tensor([[2, 10, 11, 12, 3, 0]])
+    mask, types = torch.tensor([[1, 1, 1, 1, 1, 0]]), torch.tensor([[0, 0, 0, 1, 1, 0]])
+    with torch.inference_mode():
+        want = m(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state[:, :5]
+        torch.testing.assert_close(lean(ids, mask, types)[:, :5], want, atol=1e-4, rtol=1e-3)
+    # a model it does not reproduce (tanh GELU) keeps transformers' forward
+    m.config.hidden_act = "gelu_new"
+    assert not fast_bert.supports(m, torch.device("cpu"))
+    m.config.hidden_act = "gelu"
+    # a forward that disagrees with transformers on the load check is not used
+    monkeypatch.setattr(
+        fast_bert.FastBert,
+        "__call__",
+        lambda self, input_ids, attention_mask, **kw: torch.zeros(*input_ids.shape, fast.dim),
+    )
+    assert TorchEncoder(str(tiny_embedder), ("", "")).fast is None
 
 
 def test_calibrated_weights_are_stored_with_the_index_and_used(dense_index, tmp_path):

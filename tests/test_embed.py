@@ -48,7 +48,7 @@ def _cli(args: list[str]) -> dict:
 # --- pairs ----------------------------------------------------------------------------------------------------
 def test_ict_pairs_are_stable_and_split_by_question_or_doc(tmp_path):
     out = tmp_path / "pairs.jsonl"
-    r = build_pairs([MINI], out, ict_per_chunk=2, valid_fraction=0.5)
+    r = build_pairs([MINI], out, ict_per_chunk=2, valid_fraction=0.5, split_by="question")
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert r["pairs"] == len(rows) >= 8 and r["train"] + r["valid"] == len(rows)
     assert r["chunks_covered"] == r["chunks"]  # every mini chunk has at least one usable sentence
@@ -59,16 +59,39 @@ def test_ict_pairs_are_stable_and_split_by_question_or_doc(tmp_path):
         assert p["split"] == assign_split(p["query"], 0.5)
     assert len({(p["query"], p["chunk_id"]) for p in rows}) == len(rows)
     first = out.read_bytes()
-    build_pairs([MINI], out, ict_per_chunk=2, valid_fraction=0.5)
+    build_pairs([MINI], out, ict_per_chunk=2, valid_fraction=0.5, split_by="question")
     assert out.read_bytes() == first  # deterministic: same pairs, same split, on any machine
 
-    build_pairs([MINI], out, ict_per_chunk=2, valid_fraction=0.5, split_by="doc")
+    assert build_pairs([MINI], out, ict_per_chunk=2, valid_fraction=0.5)["split_by"] == "doc"  # the default
     by_doc: dict[str, set[str]] = {}
     for line in out.read_text(encoding="utf-8").splitlines():
         p = json.loads(line)
         by_doc.setdefault(p["doc_id"], set()).add(p["split"])
     assert all(len(s) == 1 for s in by_doc.values())  # held-out articles are never seen in training
     assert {s for v in by_doc.values() for s in v} == {"train", "valid"}
+
+
+def test_eval_holds_out_only_articles_never_trained_on(tmp_path):
+    from dnfbot.eval.embedder import load_eval_pairs
+
+    out = tmp_path / "pairs.jsonl"
+    build_pairs([MINI], out, ict_per_chunk=2, valid_fraction=0.5, split_by="question")
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    trained = {p["doc_id"] for p in rows if p["split"] == "train"}
+    queries, ids, passages = load_eval_pairs(out)
+    assert queries and all(q["split"] == "valid" and q["doc_id"] not in trained for q in queries)
+    shared = [p for p in rows if p["split"] == "valid" and p["doc_id"] in trained]
+    assert shared and len(queries) == sum(p["split"] == "valid" for p in rows) - len(shared)
+    assert len(ids) == len(set(ids)) == len({p["chunk_id"] for p in rows}) == len(passages)  # the whole pool
+    # a file where every valid pair's article is also trained on holds nothing out: one clear error
+    leaky = [{**p, "split": "train"} for p in rows] + [{**rows[0], "query": "다른 질문", "split": "valid"}]
+    out.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in leaky), encoding="utf-8")
+    with pytest.raises(InputError, match="--split-by doc"):
+        load_eval_pairs(out)
+    # by article (the default), every valid pair is held out
+    build_pairs([MINI], out, ict_per_chunk=2, valid_fraction=0.5)
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(load_eval_pairs(out)[0]) == sum(p["split"] == "valid" for p in rows) > 0
 
 
 def test_synth_pairs_use_the_chunk_the_question_was_written_from(tmp_path):
@@ -162,7 +185,8 @@ def test_fine_tuning_improves_heldout_retrieval_end_to_end(
     tmp_path, guide_corpus_path, polyglot_tokenizer_dir
 ):
     """data pairs → train embedder → eval embedder → index build --dense-model → search --mode dense, via the
-    CLI. On held-out questions, the fine-tuned model must beat its random init clearly (Recall@5, MRR@10)."""
+    CLI. On held-out articles' questions, the fine-tuned model must beat its random init clearly (Recall@5,
+    MRR@10)."""
     full = json.loads(guide_corpus_path.read_text(encoding="utf-8"))
     keep = list(full["title"])[:80]  # 80 articles: enough pairs to learn from, quick on a 2-core CPU
     corpus = tmp_path / "guide80.json"
@@ -177,9 +201,21 @@ def test_fine_tuning_improves_heldout_retrieval_end_to_end(
     init = _cli(["model", "init-embedder", "--tokenizer", str(polyglot_tokenizer_dir), "--out", str(base)])
     assert init["dim"] == 64 and init["arch"] == "bert"
     p = _cli(
-        ["data", "pairs", "--out", str(pairs), "--ict", "2", "--corpus", str(corpus), "--config", str(config)]
+        [
+            "data",
+            "pairs",
+            "--out",
+            str(pairs),
+            "--ict",
+            "2",
+            "--valid-fraction",
+            "0.2",
+            "--corpus",
+            str(corpus),
+        ]
+        + ["--config", str(config)]
     )
-    assert p["valid"] >= 50 and p["train"] >= 600
+    assert p["split_by"] == "doc" and p["valid"] >= 50 and p["train"] >= 600  # held-out articles
 
     t = _cli(
         [
@@ -223,8 +259,11 @@ def test_fine_tuning_improves_heldout_retrieval_end_to_end(
     assert [c["label"] for c in e["checkpoints"]] == ["base", "epoch 1", "epoch 2"]
     before, after = e["before"], e["after"]
     assert e["queries"] == p["valid"]
-    assert after["recall@5"] >= before["recall@5"] + 0.05, (before, after)  # measured: 0.24 -> 0.31
+    # articles never trained on (measured: Recall@1 0.13 -> 0.19, MRR@10 0.16 -> 0.21, Recall@5 0.19 -> 0.23;
+    # the question split this test used before let held-out passages into training: 0.24 -> 0.31 at Recall@5)
+    assert after["recall@1"] >= before["recall@1"] + 0.03, (before, after)
     assert after["mrr@10"] >= before["mrr@10"] + 0.03, (before, after)
+    assert after["recall@5"] >= before["recall@5"], (before, after)
     assert after["gap"] > before["gap"] + 0.1  # own passage vs others: the original's separation plot
     for png in ("embedder_similarity_hist.png", "embedder_checkpoints.png"):
         assert (tmp_path / "eval" / png).read_bytes()[:8] == PNG_MAGIC

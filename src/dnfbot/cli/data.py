@@ -106,7 +106,7 @@ def data_pairs(
     ict: int = typer.Option(0, "--ict", min=0, help="also N sentence-as-query pairs per chunk (no LLM)"),
     corpus: list[Path] = CORPUS,
     valid_fraction: float = typer.Option(0.1, "--valid-fraction", min=0.0, max=1.0),
-    split_by: str = typer.Option("question", "--split-by", help="question | doc (held-out articles)"),
+    split_by: str = typer.Option("doc", "--split-by", help="doc (held-out articles) | question"),
     config: Path = CONFIG,
     json_out: bool = JSON,
 ):

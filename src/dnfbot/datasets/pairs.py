@@ -8,8 +8,10 @@ Two sources, one output format ({"query", "passage", "chunk_id", "doc_id", "spli
   is the passage. Sentences are picked deterministically (hash order), `per_chunk` of them per chunk.
 
 Passages are `title + "\\n" + text`, the text the dense index embeds. The train/valid split is a hash of the
-question (default: held-out questions may ask about passages seen in training, as real user questions do) or of
-the article (`split_by="doc"`: held-out articles are never seen), so it is stable across runs and machines.
+article (default, `split_by="doc"`: held-out articles and their passages are never trained on, so `eval
+embedder` measures what fine-tuning generalises) or of the question (`split_by="question"`: other questions
+about a held-out question's passage are trained on; `eval embedder` then scores only the valid pairs whose
+article has no training pair), so it is stable across runs and machines.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def synth_pairs(paths: list[str | Path], chunks: list[Chunk]) -> tuple[list[dict
     return pairs, {"records": records, "missing_chunk": missing}
 
 
-def split_pairs(pairs: list[dict], valid_fraction: float = 0.1, split_by: str = "question") -> list[dict]:
+def split_pairs(pairs: list[dict], valid_fraction: float = 0.1, split_by: str = "doc") -> list[dict]:
     if split_by not in ("question", "doc"):
         raise InputError(f"--split-by {split_by}: choose 'question' or 'doc'")
     seen, out = set(), []
@@ -108,7 +110,7 @@ def build_pairs(
     synth: list[str | Path] | None = None,
     ict_per_chunk: int = 0,
     valid_fraction: float = 0.1,
-    split_by: str = "question",
+    split_by: str = "doc",
     chunk: ChunkSettings | None = None,
 ) -> dict:
     """Write the pairs file; returns counts. `chunk`: the settings the index was cut with (default 3000/250)."""

@@ -37,12 +37,25 @@ def run_models(run_dir: str | Path) -> list[tuple[str, str]]:
 
 
 def load_eval_pairs(path: str | Path) -> tuple[list[dict], list[str], list[str]]:
-    """Held-out pairs (the valid split, or every pair when the file has no split) and the passage pool: every
-    distinct passage of the file, keyed by chunk id."""
+    """Held-out pairs and the passage pool (every distinct passage of the file, keyed by chunk id).
+
+    Held out = valid pairs whose article has no training pair: a question split (`data pairs --split-by
+    question`) puts other questions about the same passage in training, and a fine-tuned model that has seen
+    the passage would be scored on it. A file without a valid split is scored whole (a base model only)."""
     from dnfbot.datasets.pairs import load_pairs
 
     allp = load_pairs(path)
-    queries = [p for p in allp if p.get("split") == "valid"] or allp
+    valid = [p for p in allp if p.get("split") == "valid"]
+    if not valid:
+        queries = allp
+    else:
+        trained = {p.get("doc_id") or p["chunk_id"] for p in allp if p.get("split", "train") == "train"}
+        queries = [p for p in valid if (p.get("doc_id") or p["chunk_id"]) not in trained]
+        if not queries:
+            raise InputError(
+                f"{path}: every valid pair's article also has training pairs, so nothing is held out; "
+                "write the pairs with `dnfbot data pairs --split-by doc`"
+            )
     pool: dict[str, str] = {}
     for p in allp:
         pool.setdefault(p["chunk_id"], p["passage"])

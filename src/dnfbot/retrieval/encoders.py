@@ -146,14 +146,22 @@ class TorchEncoder(Encoder):
     backend = "sentence-transformers"
 
     def __init__(
-        self, folder: str, prefixes: tuple[str, str], device: str | None = None, dtype: str | None = None
+        self,
+        folder: str,
+        prefixes: tuple[str, str],
+        device: str | None = None,
+        dtype: str | None = None,
+        fast: bool = True,
     ):
         from dnfbot.retrieval.dense import model_identity
 
         self.folder = folder
+        self.fast = None  # fast_bert.FastBert: the lean CPU forward, where it reproduces the model
         self.direct = _plain_pipeline(Path(folder).expanduser())
         if self.direct is not None:
             self._load_direct(device, dtype)
+            if fast:
+                self._load_fast()
             dim = self.model.config.hidden_size
         else:  # anything else (extra modules, dense layers, …): sentence-transformers itself
             from dnfbot.retrieval.dense import load_model
@@ -194,6 +202,22 @@ class TorchEncoder(Encoder):
             self.tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", 512)
         )
 
+    def _load_fast(self) -> None:
+        import torch
+
+        from dnfbot.retrieval import fast_bert
+
+        if not fast_bert.supports(self.model, self.device):
+            return
+        fast = fast_bert.FastBert(self.model)
+        with torch.inference_mode():  # trust it only where it gives the transformers forward's numbers
+            b = self.tokenizer(["query: 던전 입장 조건", "짧은 글"], padding=True, return_tensors="pt")
+            b = {k: v for k, v in b.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+            m = b["attention_mask"].unsqueeze(-1)  # padded positions are never pooled
+            ref = self.model(**b).last_hidden_state * m
+            if torch.allclose(fast(**b) * m, ref, atol=1e-4, rtol=1e-3):
+                self.fast = fast
+
     def encode(self, texts: list[str], kind: str = "passage", batch_size: int = 32) -> np.ndarray:
         p = self.prefix(kind)
         full = [p + t for t in texts]
@@ -215,9 +239,12 @@ class TorchEncoder(Encoder):
                     max_length=self.max_seq_length,
                     return_tensors="pt",
                 ).to(self.device)
-                hidden = self.model(
-                    **{k: v for k, v in batch.items() if k in self._inputs()}
-                ).last_hidden_state
+                if self.fast is not None:
+                    hidden = self.fast(**{k: v for k, v in batch.items() if k in _FAST_INPUTS})
+                else:
+                    hidden = self.model(
+                        **{k: v for k, v in batch.items() if k in self._inputs()}
+                    ).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 if self.direct["pooling"] == "cls":
                     v = hidden[:, 0]
@@ -245,6 +272,9 @@ class TorchEncoder(Encoder):
     def torch_module(self):
         """The underlying torch model (for training code and parameter counts)."""
         return self.model if self.direct is not None else self.st
+
+
+_FAST_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def _lacks_pooler(root: Path) -> bool:
