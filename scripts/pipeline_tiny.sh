@@ -46,7 +46,7 @@ step "7/10 PPO against the reward model"
 step "8/10 RLHF report (before/after table + PNG curves)"
 "$DNF" report rlhf --run "$OUT/ppo" --json
 step "9/10 DPO on the same preference pairs (no reward model): held-out implicit reward margin up"
-"$DNF" train dpo --model "$OUT/base" --data "$OUT/rm.jsonl" --out "$OUT/dpo" --max-steps 20 --json
+"$DNF" train dpo --model "$OUT/base" --data "$OUT/rm.jsonl" --out "$OUT/dpo" --max-steps 8 --json
 step "10/10 answer from the guides with the SFT model behind the retrieval gate"
 "$DNF" index build --corpus "$CORPUS" --index-dir "$OUT/index" --json
 "$DNF" ask "바칼 레이드 입장 조건 알려줘" --index-dir "$OUT/index" --backend hf --model "$OUT/base" \

@@ -70,9 +70,10 @@ def check_pipeline(out: Path, stdout: str, stderr: str) -> None:
     # the reward model ranks long > medium > short on held-out pairs
     assert rm["valid_accuracy"] >= 0.9 and rm["last_loss"] < rm["first_loss"]
 
-    # PPO on split=train, judged on split=valid: held-out reward up, responses longer (what this RM prefers), KL
-    # bounded. The EOS rate is reported, not asserted: longer answers hit the 48-token budget on some runs (0.46-1.0). Issue 13's ">= one std of the starting rewards" is met by a less memorised
-    # SFT policy, not yet by this one (+0.2 std; docs/ppo.md "The tiny pipeline"): asserted as a gain here.
+    # PPO on split=train, judged on split=valid (4 samples per held-out prompt): held-out reward up clearly,
+    # responses longer (what this RM prefers), KL bounded. Measured 1.7-2.4 starting-reward stds over three runs
+    # (docs/ppo.md); the floor here is 0.75 std, so another CPU's float order does not fail the suite. The EOS
+    # rate is reported, not asserted: longer answers hit the 48-token budget on some runs.
     cfg = json.loads((out / "ppo" / "config.json").read_text(encoding="utf-8"))
     assert (
         "split=valid" in cfg["held_out"]
@@ -80,7 +81,8 @@ def check_pipeline(out: Path, stdout: str, stderr: str) -> None:
     )
     before = [json.loads(x)["reward"] for x in (out / "ppo" / "eval_before.jsonl").read_text().splitlines()]
     assert statistics.pstdev(before) > 0
-    assert ppo["reward_after"] > ppo["reward_before"], (ppo["reward_before"], ppo["reward_after"])
+    gain = (ppo["reward_after"] - ppo["reward_before"]) / statistics.pstdev(before)
+    assert gain >= 0.75, (ppo["reward_before"], ppo["reward_after"], statistics.pstdev(before))
     assert ppo["response_length_after"] > ppo["response_length_before"]
     assert 0 <= ppo["eos_rate_after"] <= 1
     assert ppo["mean_kl"] < 25 and ppo["reference_frozen"] and ppo["reference_shares_base"]
