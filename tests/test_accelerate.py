@@ -5,10 +5,7 @@ and only rank 0 writes the run's files. The shipped accelerate configs (configs/
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ pytest.importorskip("accelerate")
 
 from dnfbot.io import read_jsonl  # noqa: E402
 from dnfbot.models import init_tiny  # noqa: E402
+from support.launch import run_dnfbot  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SFT = REPO / "tests" / "fixtures" / "train_sft.jsonl"
@@ -33,35 +31,10 @@ sft:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU test, on a GPU box too
-    return env
-
-
 def _sft(base: Path, out: Path, cfg: Path, *, processes: int, batch_size: int) -> subprocess.CompletedProcess:
-    args = ["-m", "dnfbot", "train", "sft", "--config", str(cfg), "--model", str(base), "--data", str(SFT)]
+    args = ["train", "sft", "--config", str(cfg), "--model", str(base), "--data", str(SFT)]
     args += ["--out", str(out), "--max-steps", str(STEPS), "--batch-size", str(batch_size), "--json"]
-    if processes > 1:
-        # without GPUs `--cpu` means one process; `--multi_gpu` starts N (torchrun) and they meet over gloo
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
-        launch += ["--num_processes", str(processes)]
-        launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-        launch += ["--main_process_port", str(_free_port())]
-        cmd = launch + args
-    else:
-        cmd = [sys.executable, *args]
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900, cwd=REPO)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return res
+    return run_dnfbot(args, processes=processes)
 
 
 @pytest.mark.slow

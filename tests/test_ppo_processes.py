@@ -6,11 +6,8 @@ writes the run's files, and an interrupted 2-process run resumes from its checkp
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,9 +17,9 @@ pytest.importorskip("peft")
 pytest.importorskip("accelerate")
 
 from dnfbot.io import read_jsonl  # noqa: E402
+from support.launch import run_dnfbot  # noqa: E402
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
 # micro-batches of one episode: a minibatch's gradient is then the same sum whichever process holds which
 # episode, so the two runs may differ only by floating-point reduction order
@@ -43,30 +40,11 @@ ppo:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ppo(toy, out: Path, cfg: Path, *, processes: int) -> subprocess.CompletedProcess:
-    args = ["-m", "dnfbot", "train", "ppo", "--config", str(cfg), "--model", str(toy.base)]
+    args = ["train", "ppo", "--config", str(cfg), "--model", str(toy.base)]
     args += ["--sft-adapter", str(toy.sft_adapter), "--reward-adapter", str(toy.reward_adapter)]
     args += ["--prompts", str(toy.prompts), "--out", str(out), "--steps", str(STEPS), "--json"]
-    if processes > 1:
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
-        launch += ["--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no"]
-        launch += ["--dynamo_backend", "no", "--main_process_port", str(_free_port())]
-        cmd = launch + args
-    else:
-        cmd = [sys.executable, *args]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU test, on a GPU box too
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return res
+    return run_dnfbot(args, processes=processes)
 
 
 def _curve(out: Path, key: str) -> list[float]:

@@ -54,13 +54,6 @@ def report_rlhf(
     if compare:
         from dnfbot.train.rlhf.report import compare_runs
 
-        show(compare_runs([run, *compare], output or run / "compare"), json_out, human_compare)
+        show(compare_runs([run, *compare], output or run / "compare"), json_out, human)
         return
     show(build_report(run, output, samples=samples), json_out, human)
-
-
-def human_compare(r: dict) -> None:
-    from dnfbot.console import console, out
-
-    out.print(Path(r["report"]).read_text(encoding="utf-8"), markup=False, highlight=False)
-    console.print(f"written: {r['report']} ({len(r['plots'])} plots)")

@@ -217,14 +217,9 @@ class Trackers:
     environment: project, mode, API key — never from a file)."""
 
     def __init__(self, report_to: list[str] | str | None, run_dir: Path):
-        from dnfbot.train.options import REPORT_TO
+        from dnfbot.train.options import report_to_names
 
-        names = [report_to] if isinstance(report_to, str) else list(report_to or [])
-        unknown = [n for n in names if n not in REPORT_TO]
-        if unknown:
-            raise InputError(f"report_to: unknown '{unknown[0]}' (choose from {', '.join(REPORT_TO)})")
-        if "all" in names:
-            names = ["tensorboard", "wandb"]
+        names = report_to_names(report_to)
         self._tb, self._wandb = None, None
         if "tensorboard" in names:
             try:

@@ -237,17 +237,21 @@ class PPOOptions(LoraOptions, ModelOptions):
         _check_at_least(
             self, 1, "mini_batch_size", "micro_batch_size", "eval_prompts", "eval_samples", "group_size"
         )
-        names = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
-        unknown = [n for n in names if n not in REPORT_TO]
-        if unknown:
-            raise InputError(
-                f"ppo config: report_to '{unknown[0]}' unknown (choose from {', '.join(REPORT_TO)})"
-            )
+        report_to_names(self.report_to)
         _check_lora(self)
 
 
 ALGOS = ("ppo", "grpo", "rloo")
 REPORT_TO = ("none", "tensorboard", "wandb", "all")
+
+
+def report_to_names(report_to: list[str] | str | None) -> list[str]:
+    """The trackers a `report_to` value names ("all" = every one, "none" = none); an unknown one is an error."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    unknown = [n for n in names if n not in REPORT_TO]
+    if unknown:
+        raise InputError(f"report_to: unknown '{unknown[0]}' (choose from {', '.join(REPORT_TO)})")
+    return ["tensorboard", "wandb"] if "all" in names else [n for n in names if n != "none"]
 
 
 @dataclass

@@ -425,7 +425,7 @@ def run_ppo(
             ]
             # sampling seeds depend on the step and the episode's place in the batch: resumable, and the same
             # samples with any number of processes
-            mine, ro = rollout_share(run, batch, opts, opts.seed * 7919 + step)
+            mine, ro = rollout_share(models, dist, batch, opts, opts.seed * 7919 + step)
             t_rollout = time.time() - t0
             metrics = ppo_step(models, optimizer, ro, kl, opts, score_mean, score_std, gen, dist, mine)
             kl.update(metrics["kl"], opts.batch_size)

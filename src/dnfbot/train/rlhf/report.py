@@ -65,27 +65,50 @@ def _fmt(x: float | None, spec: str = "+.3f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def held_out_pairs(run: Path, data: dict[str, Any]) -> list[tuple[dict, dict]]:
+    """(before, after) records of the same held-out prompt and sample (eval_samples > 1 repeats a prompt)."""
+    before = {(r["prompt"], r.get("sample", 0)): r for r in data["before"]}
+    pairs = [(before[key], r) for r in data["after"] if (key := (r["prompt"], r.get("sample", 0))) in before]
+    if not pairs:
+        raise InputError(f"{run}: eval_before.jsonl and eval_after.jsonl share no prompt")
+    return pairs
+
+
 def plot_curves(metrics: list[dict], out_dir: Path) -> list[Path]:
-    """One PNG per curve (reward, KL, response length) against the training step."""
+    """One PNG per curve (reward, KL, response length, …) against the training step."""
+    return _plot({None: metrics}, list(PLOTS), out_dir, prefix="")
+
+
+def _plot(series: dict[str | None, list[dict]], names: list[str], out_dir: Path, prefix: str) -> list[Path]:
+    """One PNG per name in PLOTS with a line per run of `series` (label None: a single run, no legend); a name
+    no run logged is skipped."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
-    for name, (key, label) in PLOTS.items():
-        points = [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), int | float)]
-        if not points:
+    for name in names:
+        key, label = PLOTS[name]
+        lines = {
+            run: [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), int | float)]
+            for run, metrics in series.items()
+        }
+        if not any(lines.values()):
             continue
         fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
-        xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, linewidth=1.5)
+        for run, points in lines.items():
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, linewidth=1.5, label=run)
         ax.set_xlabel("step")
         ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
         ax.set_title(label, fontsize=9)
+        if None not in series:
+            ax.legend(fontsize=7)
         fig.tight_layout()
-        path = out_dir / f"{name}.png"
+        path = out_dir / f"{prefix}{name}.png"
         fig.savefig(path)
         plt.close(fig)
         written.append(path)
@@ -96,10 +119,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, samples: in
     """Write report.md (+ PNGs) for a run; returns the numbers it reports."""
     run = Path(run_dir)
     data = load_run(run)
-    before = {(r["prompt"], r.get("sample", 0)): r for r in data["before"]}
-    pairs = [(before[key], r) for r in data["after"] if (key := (r["prompt"], r.get("sample", 0))) in before]
-    if not pairs:
-        raise InputError(f"{run}: eval_before.jsonl and eval_after.jsonl share no prompt")
+    pairs = held_out_pairs(run, data)
     report_path = Path(out) if out else run / "report.md"
     report_path.parent.mkdir(parents=True, exist_ok=True)
     plots = plot_curves(data["metrics"], report_path.parent)
@@ -203,10 +223,9 @@ def compare_runs(runs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
     rows, series = [], {}
     for run in runs:
         data = load_run(run)
-        before = [r["reward"] for r in data["before"]]
-        after = [r["reward"] for r in data["after"]]
-        if not before or not after:
-            raise InputError(f"{run}: no held-out evaluation to compare")
+        pairs = held_out_pairs(Path(run), data)
+        before = [b["reward"] for b, _ in pairs]
+        after = [a["reward"] for _, a in pairs]
         std = statistics.pstdev(before) or 1.0
         label = f"{data['config'].get('algo', 'ppo')} ({Path(run).name})"
         row = {
@@ -215,17 +234,17 @@ def compare_runs(runs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
             "reward_before": statistics.mean(before),
             "reward_after": statistics.mean(after),
             "gain_std": (statistics.mean(after) - statistics.mean(before)) / std,
-            "improved": sum(a > b for a, b in zip(after, before, strict=False)),
+            "improved": sum(a > b for a, b in zip(after, before, strict=True)),
             "n_prompts": len(after),
-            "mean_kl": statistics.mean(r["kl"] for r in data["after"]),
-            "length_after": statistics.mean(r["length"] for r in data["after"]),
-            "eos_rate_after": statistics.mean(bool(r["has_eos"]) for r in data["after"]),
+            "mean_kl": statistics.mean(a["kl"] for _, a in pairs),
+            "length_after": statistics.mean(a["length"] for _, a in pairs),
+            "eos_rate_after": statistics.mean(bool(a["has_eos"]) for _, a in pairs),
             "optimizer_updates": int(sum(m.get("optimizer_updates", 0) for m in data["metrics"])) or None,
             "elapsed_s": data["summary"].get("elapsed_s"),
         }
         rows.append(row)
         series[label] = data["metrics"]
-    plots = _overlay(series, out)
+    plots = _plot(series, ["reward", "kl"], out, prefix="compare_")
     lines = [
         "# RLHF runs compared",
         "",
@@ -241,30 +260,3 @@ def compare_runs(runs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
     lines += ["", *[f"![{p.stem}]({p.name})" for p in plots], ""]
     atomic_write_text(out / "compare.md", "\n".join(lines))
     return {"report": str(out / "compare.md"), "plots": [str(p) for p in plots], "runs": rows}
-
-
-def _overlay(series: dict[str, list[dict]], out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    for name in ("reward", "kl"):
-        key, label = PLOTS[name]
-        fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
-        for run_label, metrics in series.items():
-            points = [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), int | float)]
-            if points:
-                xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, linewidth=1.5, label=run_label)
-        ax.set_xlabel("step")
-        ax.set_title(label, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out_dir / f"compare_{name}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
-    return written

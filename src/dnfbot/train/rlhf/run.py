@@ -271,13 +271,13 @@ def evaluate_after(run: Run, opts: PPOOptions) -> list[dict]:
 
 
 def rollout_share(
-    run: Run, items: list[tuple[str, list[int]]], opts: PPOOptions, seed: int
+    models: PPOModels, dist: Dist, items: list[tuple[str, list[int]]], opts: PPOOptions, seed: int
 ) -> tuple[range, Rollout]:
     """This rank's share of a global batch of `items`, sampled as one process would sample it (rlhf/dist.py)."""
-    mine = run.dist.shard(len(items))
+    mine = dist.shard(len(items))
     width = max(len(ids) for _, ids in items)
     ro = rollout(
-        run.models, [items[i][1] for i in mine], opts, seed=seed * 1_000_003, offset=mine.start, pad_to=width
+        models, [items[i][1] for i in mine], opts, seed=seed * 1_000_003, offset=mine.start, pad_to=width
     )
     return mine, ro
 
@@ -288,7 +288,7 @@ def initial_rollout(run: Run, opts: PPOOptions) -> Rollout:
     items = [
         run.train_items[i] for i in batch_indices(1, len(run.train_items), opts.norm_samples, opts.seed + 7)
     ]
-    return rollout_share(run, items, opts, opts.seed + 2)[1]
+    return rollout_share(run.models, run.dist, items, opts, opts.seed + 2)[1]
 
 
 def score_statistics(run: Run, opts: PPOOptions, ro: Rollout | None = None) -> tuple[float, float]:
@@ -312,11 +312,7 @@ def evaluate(
     """Sample one response per held-out prompt with a fixed seed (the same with any number of processes: each
     rolls out its share and the records are gathered); score, KL to the reference, length."""
     dist = dist or Dist()
-    mine = dist.shard(len(items))
-    width = max(len(ids) for _, ids in items)
-    ro = rollout(
-        models, [items[i][1] for i in mine], cfg, seed=seed * 1_000_003, offset=mine.start, pad_to=width
-    )
+    mine, ro = rollout_share(models, dist, items, cfg, seed)
     k1, _ = kl_estimates(ro.logprobs, ro.ref_logprobs)
     records = []
     seen: dict[str, int] = {}
