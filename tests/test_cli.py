@@ -47,7 +47,11 @@ def test_search_and_ask_json_contract(built):
     _, index_dir = built
     r = run("search", "무의 장막 신수", "--k", "2", "--index-dir", str(index_dir), "--json")
     d = json.loads(r.stdout)
-    assert set(d) == {"question", "results"} and len(d["results"]) <= 2
+    assert (
+        set(d) == {"question", "mode", "reranked", "results"}
+        and d["mode"] == "sparse"
+        and len(d["results"]) <= 2
+    )
     assert set(d["results"][0]) == {"doc_id", "title", "part", "score"} and d["results"][0]["doc_id"] == "0"
     r = run("ask", "더스크 피로도 얼마나 들어?", "--index-dir", str(index_dir), "--json")
     d = json.loads(r.stdout)
@@ -78,7 +82,7 @@ def test_batch_mode_one_line_per_query(built, tmp_path):
     r = run("search", "--queries", str(q), "--k", "5", "--index-dir", str(index_dir), "--json")
     lines = _json_lines(r.stdout)
     assert [x["question"] for x in lines] == ["무의 장막 신수", "어둑섬 입장 조건", "롤 챔피언 티어"]
-    assert all(set(x) == {"question", "results"} for x in lines)
+    assert all(set(x) == {"question", "mode", "reranked", "results"} for x in lines)
     r = run("ask", "--queries", str(q), "--index-dir", str(index_dir), "--json")
     lines = _json_lines(r.stdout)
     assert len(lines) == 3 and lines[2]["answered"] is False and lines[1]["answered"] is True

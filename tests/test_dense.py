@@ -251,7 +251,9 @@ def test_search_cli_hybrid_json(dense_index, tmp_path):
     where = ["--index-dir", str(index_dir), "--config", str(_config(tmp_path, settings.dense.model))]
     (out,) = _cli_lines(["search", "무의 장막 신수", "--mode", "hybrid", *where])
     assert out["results"][0]["doc_id"] == "0"
-    assert out["results"][0]["score"] <= 1.0  # a fused score (0.3·mm + 0.7·mm), not a BM25 one
+    assert (out["mode"], out["reranked"]) == ("hybrid", True)
+    # the re-ranked score: fused (≤ 1, not a BM25 one) / the best fused + weight · coverage
+    assert out["results"][0]["score"] <= 1.0 + settings.retrieval.rerank_weight
     (out,) = _cli_lines(["search", "세팅", "--mode", "dense", "--category3", "커스텀", *where])
     assert {x["doc_id"] for x in out["results"]} == {"3"}
 
@@ -295,7 +297,7 @@ def test_dense_model_given_once_on_the_command_line_is_kept(tmp_path, tiny_embed
     (out,) = _cli_lines(
         ["search", "무의 장막 신수", *where]
     )  # auto: hybrid, since the build has a dense index
-    assert out["results"][0]["doc_id"] == "0" and out["results"][0]["score"] <= 1.0
+    assert out["results"][0]["doc_id"] == "0" and out["mode"] == "hybrid"
     (status,) = _cli_lines(["index", "status", *where])
     assert status["build"] == built["build"] and status["dense"] and status["stale"] is False
     # a changed corpus is rebuilt with the same dense model

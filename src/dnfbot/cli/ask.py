@@ -40,7 +40,7 @@ def search(
         hits = rag.search(q, k, filters)
         if json_out:
             results = [dict(h.source(), text=h.chunk.text) if with_text else h.source() for h in hits]
-            emit_json({"question": q, "results": results})
+            emit_json({"question": q, "mode": rag.mode, "reranked": rag.reranker.active, "results": results})
             continue
         out.rule(q)
         if not hits:

@@ -39,7 +39,9 @@ def eval_retrieval(
         from dnfbot.retrieval.dense import calibrate_and_store
 
         # fusion first: the refusal threshold below is then calibrated on the retrieval that will be used
-        rag.retriever, fusion = calibrate_and_store(rag.retriever, items, k, str(queries))
+        rag.retriever, fusion = calibrate_and_store(
+            rag.retriever, items, k, str(queries), rag.rerank, rag.reranker.fetch(k)
+        )
     report = evaluate(rag, items, k=k, calibrate=calibrate)
     if fusion:
         report["fusion_calibration"] = fusion

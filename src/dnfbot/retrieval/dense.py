@@ -497,13 +497,14 @@ def open_dense_retriever(
 
 
 def calibrate_and_store(
-    retriever: DenseRetriever, items, k: int = 5, dev_set: str = ""
+    retriever: DenseRetriever, items, k: int = 5, dev_set: str = "", rerank=None, fetch: int | None = None
 ) -> tuple[DenseRetriever, dict]:
-    """Choose the fusion and weights on the dev items (fusion.py), keep them with the retriever's index, and
-    return the retriever with them in force and the calibration report."""
+    """Choose the fusion and weights on the dev items (fusion.py; `rerank`/`fetch`: the answer path's
+    evidence re-ranking), keep them with the retriever's index, and return the retriever with them in force
+    and the calibration report."""
     from dnfbot.retrieval.fusion import calibrate_fusion, store_weights
 
-    result = calibrate_fusion(retriever, items, k)
+    result = calibrate_fusion(retriever, items, k, rerank, fetch)
     if retriever.index_dir is not None:
         result["stored"] = store_weights(retriever.index_dir, retriever.encoder.identity, result, dev_set)
     tuned = retriever.with_settings(**result["chosen"])

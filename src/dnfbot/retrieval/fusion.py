@@ -83,9 +83,11 @@ def setup_name(c: dict) -> str:
     return f"hybrid {c['fusion']} {c['sparse_weight']:.1f}/{c['dense_weight']:.1f}"
 
 
-def calibrate_fusion(retriever, items, k: int = 5) -> dict:
+def calibrate_fusion(retriever, items, k: int = 5, rerank=None, fetch: int | None = None) -> dict:
     """Score every candidate on the dev items' answerable questions with `retriever`'s index, vectors and
-    encoder; return the stored choice, the held-out (two-fold) result and BM25's, per fusion and overall."""
+    encoder; return the stored choice, the held-out (two-fold) result and BM25's, per fusion and overall.
+    `rerank(question, hits)` (with `fetch` ≥ k hits asked of each first stage) scores what the answer path
+    reads: every candidate, BM25 included, then goes through the same re-ranker."""
     answerable = [it for it in items if it.answerable]
     if not answerable:
         from dnfbot.errors import InputError
@@ -93,16 +95,21 @@ def calibrate_fusion(retriever, items, k: int = 5) -> dict:
         raise InputError("fusion calibration needs answerable questions with gold_doc_ids")
     gold = [it.gold_doc_ids for it in answerable]
     qv = [retriever.encode_query(it.question) for it in answerable]
+    n = max(k, fetch or k)
+
+    def top(question: str, hits: list) -> list[str]:
+        return [h.chunk.doc_id for h in (rerank(question, hits) if rerank else hits)[:k]]
+
+    then = " + evidence re-ranking" if rerank else ""
     rows = []
-    sparse_docs = [[h.chunk.doc_id for h in retriever.index.search(it.question, k)] for it in answerable]
-    sparse = {"setup": "sparse only (BM25)", "ranks": gold_ranks(sparse_docs, gold, k)}
+    sparse_docs = [top(it.question, retriever.index.search(it.question, n)) for it in answerable]
+    sparse = {"setup": "sparse only (BM25)" + then, "ranks": gold_ranks(sparse_docs, gold, k)}
     for c in candidates():
         r = retriever.with_settings("hybrid", **c)
         docs = [
-            [h.chunk.doc_id for h in r.search_vector(it.question, v, k)]
-            for it, v in zip(answerable, qv, strict=True)
+            top(it.question, r.search_vector(it.question, v, n)) for it, v in zip(answerable, qv, strict=True)
         ]
-        rows.append({"setup": setup_name(c), **c, "ranks": gold_ranks(docs, gold, k)})
+        rows.append({"setup": setup_name(c) + then, **c, "ranks": gold_ranks(docs, gold, k)})
     folds = folds_for([it.id for it in answerable])
     best = max(rows, key=lambda r: _key(r["ranks"]))
     return {
