@@ -129,7 +129,7 @@ class RAG:
     # --- retrieval and evidence ------------------------------------------------------------------------
     def search(self, question: str, k: int | None = None, filters: Filters | None = None) -> list[Hit]:
         q = normalise_query(question, self.settings.answer.max_query_chars)
-        return self.retrieve(q, self.reader.read(q), k or self.settings.retrieval.k, filters)
+        return self.retrieve(q, self.reader.read(q), k or self.settings.retrieval.k, filters)[1]
 
     @property
     def mode(self) -> str:
@@ -142,10 +142,13 @@ class RAG:
             self.reader.read(normalise_query(question, self.settings.answer.max_query_chars)), hits
         )
 
-    def retrieve(self, text: str, query: gate.Query, k: int, filters: Filters | None = None) -> list[Hit]:
-        """The first stage's best articles for `text`, re-ranked by the evidence `query` finds in them."""
-        hits = self.retriever.search(text, self.reranker.fetch(k), filters)
-        return self.reranker.rerank(query, hits)[:k]
+    def retrieve(
+        self, text: str, query: gate.Query, k: int, filters: Filters | None = None
+    ) -> tuple[list[Hit], list[Hit]]:
+        """(the first stage's articles for `text`, as many as re-ranking reads; the best k of them re-ranked by
+        the evidence `query` finds in them)."""
+        first = self.retriever.search(text, self.reranker.fetch(k), filters)
+        return first, self.reranker.rerank(query, first)[:k]
 
     def candidates(self, hits: list[Hit]) -> tuple[list[Chunk], list[int], list[dict]]:
         """Every chunk of the hit articles (nearest to the hit first, at most chunks_per_article), with each
@@ -166,23 +169,21 @@ class RAG:
         q = normalise_query(question, a.max_query_chars)
         query = self.reader.read(q, context, asked_before)
         text = f"{context} {q}" if context else q
-        first = (
-            [] if query.chitchat else self.retriever.search(text, self.reranker.fetch(a.top_chunks), filters)
-        )
-        hits = self.reranker.rerank(query, first)[: a.top_chunks]
+        first, hits = ([], []) if query.chitchat else self.retrieve(text, query, a.top_chunks, filters)
         chunks, ranks, sources = self.candidates(hits)
-        analyses = [self.passages.get(c) for c in chunks]
-        ev = gate.gather(query, analyses, a.window, a.bigram_share, a.unit_penalty)
+        analyses, ev = self._gather(query, chunks)
         if {h.chunk.doc_id for h in hits} != {h.chunk.doc_id for h in first[: a.top_chunks]}:
             # The gate judges the first stage's articles: searching ten for a window finds chance matches
             # for questions the guides do not answer (measured: docs/dense.md "Re-ranking by evidence").
-            ev.coverage = self.gate_coverage(query, self.candidates(first[: a.top_chunks])[0])
+            # The window (ev.passage, ev.window) stays the answer's.
+            ev.coverage = self._gather(query, self.candidates(first[: a.top_chunks])[0])[1].coverage
         return hits, query, analyses, ranks, sources, ev
 
-    def gate_coverage(self, query: gate.Query, chunks: list[Chunk]) -> float:
+    def _gather(self, query: gate.Query, chunks: list[Chunk]) -> tuple[list[PassageAnalysis], gate.Evidence]:
+        """The chunks' sentence analyses and the evidence gate's best window over them."""
         a = self.settings.answer
         analyses = [self.passages.get(c) for c in chunks]
-        return gate.gather(query, analyses, a.window, a.bigram_share, a.unit_penalty).coverage
+        return analyses, gate.gather(query, analyses, a.window, a.bigram_share, a.unit_penalty)
 
     def evidence(
         self, question: str, filters: Filters | None = None
